@@ -1,0 +1,192 @@
+//! The operations the ring thread can run, each owning everything the kernel
+//! points into (paths, buffers, `open_how`, `statx` output) for as long as the
+//! operation lives in the op table.
+
+use std::ffi::CString;
+use std::mem::MaybeUninit;
+use std::os::fd::RawFd;
+
+use io_uring::{opcode, squeue, types};
+
+use super::buf::IoBuf;
+
+/// One kernel operation with its owned arguments.
+pub enum Op {
+    /// `openat2(dirfd, path, how)`; the result is a new fd.
+    OpenAt {
+        /// Directory the path is relative to.
+        dirfd: RawFd,
+        /// Relative path.
+        path: CString,
+        /// Flags, mode and resolve restrictions.
+        how: Box<types::OpenHow>,
+    },
+    /// `pread(fd, buf, len, offset)`.
+    Read {
+        /// File.
+        fd: RawFd,
+        /// Destination; its valid length is set from the result.
+        buf: IoBuf,
+        /// Bytes to read (at most the buffer's capacity).
+        len: u32,
+        /// File offset.
+        offset: u64,
+    },
+    /// `pwrite(fd, buf[skip..], offset)`.
+    Write {
+        /// File.
+        fd: RawFd,
+        /// Source bytes.
+        buf: IoBuf,
+        /// Bytes of `buf` already written by earlier (short) writes.
+        skip: usize,
+        /// File offset.
+        offset: u64,
+    },
+    /// `fsync`/`fdatasync`.
+    Fsync {
+        /// File.
+        fd: RawFd,
+        /// `fdatasync` instead of `fsync`.
+        datasync: bool,
+    },
+    /// `statx(dirfd, path, flags, STATX_BASIC_STATS)`.
+    Statx {
+        /// Directory (or the file itself with `AT_EMPTY_PATH`).
+        dirfd: RawFd,
+        /// Relative path, or empty with `AT_EMPTY_PATH`.
+        path: CString,
+        /// `AT_*` flags.
+        flags: i32,
+        /// Output.
+        out: Box<MaybeUninit<libc::statx>>,
+    },
+    /// `renameat2(dirfd, from, dirfd, to, flags)`.
+    RenameAt {
+        /// Directory both paths are relative to.
+        dirfd: RawFd,
+        /// Source.
+        from: CString,
+        /// Destination.
+        to: CString,
+        /// `RENAME_*` flags.
+        flags: u32,
+    },
+    /// `unlinkat(dirfd, path, flags)`.
+    UnlinkAt {
+        /// Directory.
+        dirfd: RawFd,
+        /// Relative path.
+        path: CString,
+        /// `AT_REMOVEDIR` or 0.
+        flags: i32,
+    },
+    /// `mkdirat(dirfd, path, mode)`.
+    MkDirAt {
+        /// Directory.
+        dirfd: RawFd,
+        /// Relative path.
+        path: CString,
+        /// Permission bits.
+        mode: libc::mode_t,
+    },
+    /// `close(fd)`.
+    Close {
+        /// The fd to close.
+        fd: RawFd,
+    },
+}
+
+impl Op {
+    /// Build the SQE. The pointers inside stay valid because `self` is kept
+    /// in the op table, unmoved on the heap where it matters, until the CQE.
+    pub fn entry(&mut self) -> squeue::Entry {
+        match self {
+            Op::OpenAt { dirfd, path, how } => {
+                opcode::OpenAt2::new(types::Fd(*dirfd), path.as_ptr(), &**how as *const _)
+                    .build()
+            }
+            Op::Read {
+                fd,
+                buf,
+                len,
+                offset,
+            } => {
+                let len = (*len).min(buf.capacity() as u32);
+                opcode::Read::new(types::Fd(*fd), buf.as_mut_ptr(), len)
+                    .offset(*offset)
+                    .build()
+            }
+            Op::Write {
+                fd,
+                buf,
+                skip,
+                offset,
+            } => {
+                let skip = (*skip).min(buf.len());
+                let len = (buf.len() - skip) as u32;
+                // SAFETY: skip <= len of the valid bytes, so the pointer stays in bounds.
+                let ptr = unsafe { buf.as_ptr().add(skip) };
+                opcode::Write::new(types::Fd(*fd), ptr, len)
+                    .offset(*offset + skip as u64)
+                    .build()
+            }
+            Op::Fsync { fd, datasync } => {
+                let flags = if *datasync {
+                    types::FsyncFlags::DATASYNC
+                } else {
+                    types::FsyncFlags::empty()
+                };
+                opcode::Fsync::new(types::Fd(*fd)).flags(flags).build()
+            }
+            Op::Statx {
+                dirfd,
+                path,
+                flags,
+                out,
+            } => opcode::Statx::new(
+                types::Fd(*dirfd),
+                path.as_ptr(),
+                out.as_mut_ptr() as *mut types::statx,
+            )
+            .flags(*flags)
+            .mask(libc::STATX_BASIC_STATS)
+            .build(),
+            Op::RenameAt {
+                dirfd,
+                from,
+                to,
+                flags,
+            } => opcode::RenameAt::new(
+                types::Fd(*dirfd),
+                from.as_ptr(),
+                types::Fd(*dirfd),
+                to.as_ptr(),
+            )
+            .flags(*flags)
+            .build(),
+            Op::UnlinkAt { dirfd, path, flags } => {
+                opcode::UnlinkAt::new(types::Fd(*dirfd), path.as_ptr())
+                    .flags(*flags)
+                    .build()
+            }
+            Op::MkDirAt { dirfd, path, mode } => {
+                opcode::MkDirAt::new(types::Fd(*dirfd), path.as_ptr())
+                    .mode(*mode)
+                    .build()
+            }
+            Op::Close { fd } => opcode::Close::new(types::Fd(*fd)).build(),
+        }
+    }
+
+    /// After a successful read, mark the bytes the kernel wrote as valid.
+    pub fn complete(&mut self, res: i32) {
+        if let Op::Read { buf, .. } = self {
+            if res > 0 {
+                let n = (res as usize).min(buf.capacity());
+                // SAFETY: the kernel reported `res` bytes written into the buffer.
+                unsafe { buf.set_len(n) };
+            }
+        }
+    }
+}

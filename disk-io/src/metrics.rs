@@ -1,0 +1,81 @@
+//! Metric names and the few helpers that record them, through the `metrics`
+//! facade (the storage node picks the exporter). Every name starts with
+//! [`PREFIX`].
+
+use std::time::Duration;
+
+use crate::error::DiskError;
+use crate::health::HealthState;
+use crate::op::OpClass;
+
+/// Prefix of every metric this crate records.
+pub const PREFIX: &str = "diskio_";
+
+/// Counter: operations finished, by disk, op and result (`ok` or an error kind).
+pub const OPS_TOTAL: &str = "diskio_ops_total";
+/// Histogram (seconds): operation latency by disk and op.
+pub const OP_DURATION: &str = "diskio_op_duration_seconds";
+/// Counter: operations that missed their deadline, by disk and op.
+pub const DEADLINE_MISSES: &str = "diskio_deadline_misses_total";
+/// Counter: calls refused fast because the disk was Faulty, by disk and op.
+pub const FAIL_FAST: &str = "diskio_fail_fast_total";
+/// Gauge: operations in flight, by disk.
+pub const IN_FLIGHT: &str = "diskio_inflight_ops";
+/// Gauge: zombie operations (caller gone, kernel still busy), by disk.
+pub const ZOMBIES: &str = "diskio_zombie_ops";
+/// Gauge: health state (0 online, 1 suspect, 2 faulty, 3 probing), by disk.
+pub const STATE: &str = "diskio_disk_state";
+/// Counter: state transitions, by disk, from and to.
+pub const TRANSITIONS: &str = "diskio_disk_state_transitions_total";
+/// Counter: disk-state checks (`get_disk_id`) that timed out, by disk.
+pub const STATE_CHECK_TIMEOUTS: &str = "diskio_disk_state_check_timeouts_total";
+/// Histogram (seconds): disk-state check (`get_disk_id`) duration, by disk.
+pub const STATE_CHECK_DURATION: &str = "diskio_disk_state_check_duration_seconds";
+/// Counter: active probes, by disk and result.
+pub const PROBES: &str = "diskio_probes_total";
+
+pub(crate) fn record_op(disk: &str, op: OpClass, elapsed: Duration, result: Result<(), &DiskError>) {
+    let outcome = match result {
+        Ok(()) => "ok",
+        Err(e) => e.kind(),
+    };
+    metrics::counter!(OPS_TOTAL, "disk" => disk.to_string(), "op" => op.as_str(), "result" => outcome)
+        .increment(1);
+    metrics::histogram!(OP_DURATION, "disk" => disk.to_string(), "op" => op.as_str())
+        .record(elapsed.as_secs_f64());
+    if let Err(DiskError::DeadlineExceeded { .. }) = result {
+        metrics::counter!(DEADLINE_MISSES, "disk" => disk.to_string(), "op" => op.as_str())
+            .increment(1);
+    }
+    if op == OpClass::DiskId {
+        metrics::histogram!(STATE_CHECK_DURATION, "disk" => disk.to_string())
+            .record(elapsed.as_secs_f64());
+        if let Err(DiskError::DeadlineExceeded { .. }) = result {
+            metrics::counter!(STATE_CHECK_TIMEOUTS, "disk" => disk.to_string()).increment(1);
+        }
+    }
+}
+
+pub(crate) fn fail_fast(disk: &str, op: OpClass) {
+    metrics::counter!(FAIL_FAST, "disk" => disk.to_string(), "op" => op.as_str()).increment(1);
+}
+
+pub(crate) fn set_state(disk: &str, state: HealthState) {
+    metrics::gauge!(STATE, "disk" => disk.to_string()).set(state as u8 as f64);
+}
+
+pub(crate) fn state_transition(disk: &str, from: HealthState, to: HealthState) {
+    set_state(disk, to);
+    metrics::counter!(TRANSITIONS, "disk" => disk.to_string(), "from" => from.as_str(), "to" => to.as_str())
+        .increment(1);
+}
+
+pub(crate) fn driver_gauges(disk: &str, in_flight: usize, zombies: usize) {
+    metrics::gauge!(IN_FLIGHT, "disk" => disk.to_string()).set(in_flight as f64);
+    metrics::gauge!(ZOMBIES, "disk" => disk.to_string()).set(zombies as f64);
+}
+
+pub(crate) fn probe(disk: &str, ok: bool) {
+    metrics::counter!(PROBES, "disk" => disk.to_string(), "result" => if ok { "ok" } else { "error" })
+        .increment(1);
+}
