@@ -224,6 +224,12 @@ impl LocalDisk {
             .await
     }
 
+    /// Take the disk out now (an operator draining it, a test). It comes
+    /// back through the usual probing.
+    pub fn mark_faulty(&self, reason: &str) {
+        self.inner.health.trip(reason);
+    }
+
     /// Run one active probe now (write, read back, delete a small file)
     /// and feed the result to the health machine. Returns the probe's own
     /// result.

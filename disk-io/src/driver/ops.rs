@@ -102,9 +102,14 @@ impl Op {
     /// in the op table, unmoved on the heap where it matters, until the CQE.
     pub fn entry(&mut self) -> squeue::Entry {
         match self {
+            // Always punted to io-wq: a non-blocking open attempt inline can
+            // still block in a file system's open handler (FUSE sends OPEN and
+            // waits, whatever O_NONBLOCK says), which would stall the ring
+            // thread and every other op of this disk with it.
             Op::OpenAt { dirfd, path, how } => {
                 opcode::OpenAt2::new(types::Fd(*dirfd), path.as_ptr(), &**how as *const _)
                     .build()
+                    .flags(squeue::Flags::ASYNC)
             }
             Op::Read {
                 fd,

@@ -1,0 +1,85 @@
+//! `cargo xtask setup`: install what this project needs on a fresh machine,
+//! idempotently. Each requirement is checked first (a command answering, a
+//! rustup component listed); only what is missing is installed, so a
+//! second run takes well under a second.
+
+use std::process::{Command, Stdio};
+
+use crate::run as sh;
+
+/// A command the project runs, and the Debian package providing it.
+struct Tool {
+    command: &'static str,
+    package: &'static str,
+    why: &'static str,
+}
+
+const TOOLS: &[Tool] = &[
+    Tool {
+        command: "mkfs.ext4",
+        package: "e2fsprogs",
+        why: "ext4 on loop devices for block-level stall tests",
+    },
+    Tool {
+        command: "losetup",
+        package: "mount",
+        why: "loop devices",
+    },
+    Tool {
+        command: "mkfifo",
+        package: "coreutils",
+        why: "FIFO format-file test",
+    },
+];
+
+fn answers(command: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {command}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+pub(crate) fn ensure() -> Result<(), String> {
+    let missing: Vec<&Tool> = TOOLS.iter().filter(|t| !answers(t.command)).collect();
+    if !missing.is_empty() {
+        let packages: Vec<&str> = missing.iter().map(|t| t.package).collect();
+        for t in &missing {
+            eprintln!("setup: {} missing ({}), installing {}", t.command, t.why, t.package);
+        }
+        if !is_root() {
+            return Err(format!(
+                "installing {} needs root (apt-get); run as root or install them yourself",
+                packages.join(" ")
+            ));
+        }
+        sh(Command::new("apt-get")
+            .args(["update", "-qq"])
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+        sh(Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&packages)
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+    for component in ["rustfmt", "clippy"] {
+        let listed = Command::new("rustup")
+            .args(["component", "list", "--installed"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).contains(component))
+            .unwrap_or(false);
+        if !listed {
+            sh(Command::new("rustup").args(["component", "add", component]))?;
+        }
+    }
+    Ok(())
+}
