@@ -68,7 +68,7 @@ fn cargo() -> Command {
 
 fn demo(rest: &[String]) -> Result<(), String> {
     run(cargo()
-        .args(["run", "--release", "--quiet", "-p", "disk-io-harness", "--bin", "demo", "--"])
+        .args(["run", "--release", "--quiet", "-p", "disk-io-harness", "--example", "demo", "--"])
         .args(rest))
 }
 
