@@ -67,7 +67,7 @@ impl DiskConfig {
         if l.direct_io_alignment == 0 || !l.direct_io_alignment.is_power_of_two() {
             return Err("limits.direct_io_alignment must be a power of two".into());
         }
-        if l.direct_io_chunk == 0 || l.direct_io_chunk % l.direct_io_alignment != 0 {
+        if l.direct_io_chunk == 0 || !l.direct_io_chunk.is_multiple_of(l.direct_io_alignment) {
             return Err("limits.direct_io_chunk must be a non-zero multiple of the alignment".into());
         }
         if l.max_io_size == 0 || l.max_io_size > u32::MAX as usize {

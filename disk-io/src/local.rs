@@ -663,16 +663,21 @@ impl Inner {
         deadline: Deadline,
     ) -> Result<()> {
         let tmp = RelPath::system(&format!("tmp/{}", uuid::Uuid::new_v4()));
+        // If the create itself fails or times out there is nothing of ours to
+        // remove yet (a create that lands late leaves a file in `tmp`, which
+        // the next open moves to the trash). Cleaning up only after a
+        // successful create also keeps a hung disk from filling its permits
+        // with cleanups that cannot run either.
+        let file = self
+            .open(
+                &tmp,
+                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
+                0o644,
+                class,
+                deadline,
+            )
+            .await?;
         let res = async {
-            let file = self
-                .open(
-                    &tmp,
-                    libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
-                    0o644,
-                    class,
-                    deadline,
-                )
-                .await?;
             if !data.is_empty() {
                 self.write_fd(file.fd, IoBuf::Vec(data.to_vec()), 0, class, deadline)
                     .await?;
@@ -793,10 +798,12 @@ impl Inner {
         let started = Instant::now();
         let rel = RelPath::system(&format!("tmp/probe-{}", uuid::Uuid::new_v4()));
         let pattern: Vec<u8> = (0..PROBE_SIZE).map(|i| (i * 31 + 7) as u8).collect();
+        let mut created = false;
         let r = tokio::time::timeout_at(deadline.tokio(), async {
             let file = self
                 .open(&rel, libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC, 0o644, class, deadline)
                 .await?;
+            created = true;
             self.write_fd(file.fd, IoBuf::Vec(pattern.clone()), 0, class, deadline)
                 .await?;
             self.fsync(file.fd, true, class, deadline).await?;
@@ -818,7 +825,7 @@ impl Inner {
                 waited: started.elapsed(),
             })
         });
-        if r.is_err() {
+        if r.is_err() && created {
             self.spawn_unlink(rel);
         }
         crate::metrics::probe(&self.label, r.is_ok());

@@ -33,6 +33,11 @@ impl IoBuf {
         self.as_slice().len()
     }
 
+    /// No valid bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Room in bytes.
     pub fn capacity(&self) -> usize {
         match self {

@@ -35,7 +35,7 @@ use crate::deadline::Deadline;
 use crate::error::DiskError;
 use crate::op::OpClass;
 use ops::Op;
-use ring::{Completion, Msg, RingThread, Submission};
+use ring::{Completion, Msg, RingParams, RingThread, Submission};
 
 /// How long a dropped driver's ring thread waits for outstanding ops before
 /// it leaks them. Internal: it only bounds teardown, never a caller.
@@ -150,16 +150,16 @@ impl Driver {
             std::thread::Builder::new()
                 .name(format!("disk-io-ring-{}", short(&name)))
                 .spawn(move || {
-                    match RingThread::new(
+                    match RingThread::new(RingParams {
                         name,
                         entries,
                         table_capacity,
-                        iowq,
+                        iowq_max: iowq,
                         rx,
                         wake_fd,
                         stats,
-                        SHUTDOWN_GRACE,
-                    ) {
+                        shutdown_grace: SHUTDOWN_GRACE,
+                    }) {
                         Ok(ring) => {
                             let _ = init_tx.send(Ok(()));
                             ring.run();
@@ -289,18 +289,20 @@ impl Driver {
                 file_permit,
             })) => {
                 guard.disarm();
-                if kernel_timed_out {
-                    // A late successful open is closed here; the fd is ours.
-                    if let (Op::OpenAt { .. }, true) = (&op, res >= 0) {
-                        self.close_fd(res, file_permit);
+                match op {
+                    Some(op) if !kernel_timed_out => Ok(Done {
+                        res,
+                        op,
+                        file_permit,
+                    }),
+                    op => {
+                        // A late successful open is closed here; the fd is ours.
+                        if let (Some(Op::OpenAt { .. }), true) = (&op, res >= 0) {
+                            self.close_fd(res, file_permit);
+                        }
+                        Err(timed_out())
                     }
-                    return Err(timed_out());
                 }
-                Ok(Done {
-                    res,
-                    op,
-                    file_permit,
-                })
             }
             Ok(Err(_)) => {
                 guard.disarm();

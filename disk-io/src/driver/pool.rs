@@ -52,9 +52,8 @@ impl BlockingPool {
             let rx: Receiver<Job> = rx.clone();
             let stats = stats.clone();
             std::thread::Builder::new()
-                .name(format!("disk-io-blk-{i}"))
+                .name(format!("disk-io-blk{i}-{}", super::short(name)))
                 .spawn(move || worker(rx, stats))?;
-            let _ = name;
         }
         Ok(BlockingPool { tx, stats })
     }

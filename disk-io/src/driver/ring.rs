@@ -10,7 +10,8 @@
 //! thread stops; callers still leave at their deadline through the tokio
 //! backstop in [`super::Driver::submit`].
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -50,8 +51,9 @@ pub(crate) struct Completion {
     pub res: i32,
     /// The deadline fired before the op finished (the kernel cancelled it).
     pub timed_out: bool,
-    /// The op with its buffers.
-    pub op: Op,
+    /// The op with its buffers; `None` when the reply is an early
+    /// "deadline passed" sent while the kernel still holds the op.
+    pub op: Option<Op>,
     /// The file permit that came with an open.
     pub file_permit: Option<OwnedSemaphorePermit>,
 }
@@ -155,6 +157,21 @@ impl OpTable {
     }
 }
 
+/// What a ring thread is built from.
+pub(crate) struct RingParams {
+    pub name: String,
+    /// SQ entries.
+    pub entries: u32,
+    /// Op table slots.
+    pub table_capacity: usize,
+    /// io-wq worker caps: [bounded, unbounded].
+    pub iowq_max: [u32; 2],
+    pub rx: Receiver<Msg>,
+    pub wake_fd: Arc<OwnedFd>,
+    pub stats: Arc<DriverStats>,
+    pub shutdown_grace: Duration,
+}
+
 pub(crate) struct RingThread {
     ring: IoUring,
     rx: Receiver<Msg>,
@@ -162,6 +179,10 @@ pub(crate) struct RingThread {
     wake_buf: Box<u64>,
     table: OpTable,
     by_op_id: HashMap<u64, (u32, u32)>,
+    /// Deadlines of ops in the table, earliest first. Entries of ops that
+    /// already completed are skipped lazily (their generation no longer
+    /// matches, or the op is done).
+    deadlines: BinaryHeap<Reverse<(Instant, u32, u32)>>,
     stats: Arc<DriverStats>,
     shutdown_grace: Duration,
     shutdown_at: Option<Instant>,
@@ -174,20 +195,20 @@ impl RingThread {
     /// Build the ring. Runs on the ring thread itself, since
     /// `SINGLE_ISSUER` ties the ring to the task that creates it and the
     /// io-wq worker cap applies to the calling task's io-wq.
-    pub(crate) fn new(
-        name: String,
-        entries: u32,
-        table_capacity: usize,
-        iowq_max: [u32; 2],
-        rx: Receiver<Msg>,
-        wake_fd: Arc<OwnedFd>,
-        stats: Arc<DriverStats>,
-        shutdown_grace: Duration,
-    ) -> std::io::Result<RingThread> {
+    pub(crate) fn new(p: RingParams) -> std::io::Result<RingThread> {
+        let RingParams {
+            name,
+            entries,
+            table_capacity,
+            iowq_max,
+            rx,
+            wake_fd,
+            stats,
+            shutdown_grace,
+        } = p;
         let ring = IoUring::builder()
             .setup_cqsize(entries.saturating_mul(4))
             .setup_single_issuer()
-            .setup_coop_taskrun()
             .build(entries)?;
         let mut max = iowq_max;
         ring.submitter().register_iowq_max_workers(&mut max)?;
@@ -198,6 +219,7 @@ impl RingThread {
             wake_buf: Box::new(0),
             table: OpTable::new(table_capacity),
             by_op_id: HashMap::with_capacity(table_capacity),
+            deadlines: BinaryHeap::with_capacity(table_capacity),
             stats,
             shutdown_grace,
             shutdown_at: None,
@@ -210,9 +232,21 @@ impl RingThread {
     pub(crate) fn run(mut self) {
         self.arm_wake();
         loop {
-            match self.ring.submit_and_wait(1) {
+            let waited = match self.next_expiry() {
+                None => self.ring.submit_and_wait(1),
+                Some(wait) => {
+                    let ts = types::Timespec::from(wait);
+                    let args = types::SubmitArgs::new().timespec(&ts);
+                    self.ring.submitter().submit_with_args(1, &args)
+                }
+            };
+            match waited {
                 Ok(_) => {}
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR) | Some(libc::EBUSY)) => {}
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EINTR) | Some(libc::EBUSY) | Some(libc::ETIME)
+                    ) => {}
                 Err(e) => {
                     tracing::error!(disk = %self.name, error = %e, "io_uring_enter failed; ring thread stops");
                     // Same reasoning as the grace-period exit below.
@@ -221,6 +255,7 @@ impl RingThread {
                 }
             }
             self.reap();
+            self.expire_due();
             loop {
                 match self.rx.try_recv() {
                     Ok(Msg::Submit(s)) => self.submit(s),
@@ -333,7 +368,7 @@ impl RingThread {
                 let _ = tx.send(Completion {
                     res: -libc::ETIME,
                     timed_out: true,
-                    op,
+                    op: Some(op),
                     file_permit,
                 });
             }
@@ -361,6 +396,9 @@ impl RingThread {
             return;
         };
         self.by_op_id.insert(op_id, (idx, gen));
+        if let Some(d) = deadline {
+            self.deadlines.push(Reverse((d.instant(), idx, gen)));
+        }
         self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
         self.stats.submitted.fetch_add(1, Ordering::Relaxed);
         entry = entry.user_data(user_data(TAG_OP, gen, idx));
@@ -375,6 +413,57 @@ impl RingThread {
                 self.push(&[entry.flags(squeue::Flags::IO_LINK), timeout]);
             }
             None => self.push(&[entry]),
+        }
+    }
+
+    /// Time until the earliest deadline of an op still waiting, dropping
+    /// heap entries of ops that are gone or already answered.
+    fn next_expiry(&mut self) -> Option<Duration> {
+        while let Some(&Reverse((at, idx, gen))) = self.deadlines.peek() {
+            let live = self
+                .table
+                .get(idx, gen)
+                .is_some_and(|s| !s.op_done && s.reply.is_some());
+            if live {
+                return Some(at.saturating_duration_since(Instant::now()));
+            }
+            self.deadlines.pop();
+        }
+        None
+    }
+
+    /// Answer every op whose deadline has passed and ask the kernel to
+    /// cancel it. The LinkTimeout normally does both, precisely, but the
+    /// kernel does not fire it for every path (on 6.18 an op forced into
+    /// io-wq that blocks there, like an open of a FIFO or a statx on a hung
+    /// FUSE mount, never sees its linked timer); the ring thread's own wait
+    /// timeout makes the deadline hold regardless, on an hrtimer, rather than
+    /// relying on the caller's millisecond-grained tokio timer.
+    fn expire_due(&mut self) {
+        let now = Instant::now();
+        while let Some(&Reverse((at, idx, gen))) = self.deadlines.peek() {
+            if at > now {
+                break;
+            }
+            self.deadlines.pop();
+            let Some(slot) = self.table.get(idx, gen) else {
+                continue;
+            };
+            if slot.op_done {
+                continue;
+            }
+            let Some(tx) = slot.reply.take() else {
+                continue;
+            };
+            slot.timer_fired = true;
+            let _ = tx.send(Completion {
+                res: -libc::ETIME,
+                timed_out: true,
+                op: None,
+                file_permit: None,
+            });
+            let op_id = slot.op_id;
+            self.cancel(op_id);
         }
     }
 
@@ -444,6 +533,18 @@ impl RingThread {
                     // completed first and the timer was removed.
                     if res != -libc::ECANCELED && !slot.op_done {
                         slot.timer_fired = true;
+                        // Answer the caller now, on the kernel's timer, rather than
+                        // when the op's own CQE comes (which for an op stuck in a
+                        // hung device may be never). The op stays in the table
+                        // with its buffers until that CQE: a zombie.
+                        if let Some(tx) = slot.reply.take() {
+                            let _ = tx.send(Completion {
+                                res: -libc::ETIME,
+                                timed_out: true,
+                                op: None,
+                                file_permit: None,
+                            });
+                        }
                         if !slot.abandoned {
                             slot.abandoned = true;
                             self.stats.zombies.fetch_add(1, Ordering::Relaxed);
@@ -462,9 +563,13 @@ impl RingThread {
                 }
                 let op_id = slot.op_id;
                 let deadline_passed = slot.deadline.is_some_and(|d| d.is_expired());
+                // -ERESTARTSYS (512) leaks out of io-wq when a blocking op is
+                // interrupted by our cancel; like -EINTR it means "cancelled".
+                const ERESTARTSYS: i32 = 512;
+                let interrupted = res == -libc::EINTR || res == -ERESTARTSYS;
                 let timed_out = res == -libc::ECANCELED
                     || res == -libc::ETIME
-                    || (res == -libc::EINTR && (slot.timer_fired || deadline_passed))
+                    || (interrupted && (slot.timer_fired || deadline_passed))
                     || slot.timer_fired && res < 0;
                 let mut op = slot.op.take();
                 if let Some(op) = op.as_mut() {
@@ -482,11 +587,11 @@ impl RingThread {
                         .send(Completion {
                             res,
                             timed_out,
-                            op,
+                            op: Some(op),
                             file_permit,
                         })
                         .err()
-                        .map(|c| (c.op, c.file_permit)),
+                        .and_then(|c| c.op.map(|op| (op, c.file_permit))),
                     (None, Some(op)) => Some((op, file_permit)),
                     (_, None) => None,
                 };
