@@ -43,7 +43,8 @@ impl DiskConfig {
     /// Check the configuration for values that cannot work, so that a bad
     /// config fails at `open` with a clear message rather than later.
     pub fn validate(&self) -> Result<(), crate::error::DiskError> {
-        self.check().map_err(|reason| crate::error::DiskError::InvalidArgument { reason })
+        self.check()
+            .map_err(|reason| crate::error::DiskError::InvalidArgument { reason })
     }
 
     fn check(&self) -> Result<(), String> {
@@ -68,7 +69,9 @@ impl DiskConfig {
             return Err("limits.direct_io_alignment must be a power of two".into());
         }
         if l.direct_io_chunk == 0 || !l.direct_io_chunk.is_multiple_of(l.direct_io_alignment) {
-            return Err("limits.direct_io_chunk must be a non-zero multiple of the alignment".into());
+            return Err(
+                "limits.direct_io_chunk must be a non-zero multiple of the alignment".into(),
+            );
         }
         if l.max_io_size == 0 || l.max_io_size > u32::MAX as usize {
             return Err("limits.max_io_size must be in 1..=u32::MAX".into());
@@ -246,7 +249,9 @@ mod tests {
 
     #[test]
     fn default_config_is_valid() {
-        DiskConfig::default().validate().expect("defaults must validate");
+        DiskConfig::default()
+            .validate()
+            .expect("defaults must validate");
     }
 
     #[test]

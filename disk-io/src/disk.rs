@@ -121,7 +121,8 @@ pub trait Disk: Send + Sync + std::fmt::Debug {
     /// Replace a small file atomically and durably: a temporary file,
     /// fsync, rename over the target, fsync of the directory. On any error
     /// the previous content is intact.
-    async fn write_all(&self, vol: &str, path: &str, data: &[u8], deadline: Deadline) -> Result<()>;
+    async fn write_all(&self, vol: &str, path: &str, data: &[u8], deadline: Deadline)
+        -> Result<()>;
 
     /// Create (or truncate) a file for appending shard data.
     async fn create_file(
@@ -157,7 +158,13 @@ pub trait Disk: Send + Sync + std::fmt::Debug {
     ) -> Result<()>;
 
     /// Delete a file or an empty directory (or a tree, with `recursive`).
-    async fn delete(&self, vol: &str, path: &str, opts: DeleteOptions, deadline: Deadline) -> Result<()>;
+    async fn delete(
+        &self,
+        vol: &str,
+        path: &str,
+        opts: DeleteOptions,
+        deadline: Deadline,
+    ) -> Result<()>;
 
     /// Entries of a directory (`dir` empty for the volume root), sorted;
     /// directories carry a trailing `/`.

@@ -193,9 +193,7 @@ impl DiskError {
             DiskError::CircuitOpen { .. } => "circuit_open",
             DiskError::DiskNotFound { .. } => "disk_not_found",
             DiskError::ShutDown => "shut_down",
-            DiskError::InvalidPath { .. } | DiskError::InvalidArgument { .. } => {
-                "invalid_argument"
-            }
+            DiskError::InvalidPath { .. } | DiskError::InvalidArgument { .. } => "invalid_argument",
             DiskError::VolumeNotFound => "volume_not_found",
             DiskError::VolumeExists => "volume_exists",
             DiskError::VolumeNotEmpty => "volume_not_empty",
@@ -221,7 +219,10 @@ impl DiskError {
         match self {
             DiskError::DeadlineExceeded { .. } => true,
             DiskError::Io { source_errno, .. } => {
-                matches!(source_errno.0, libc::EIO | libc::EROFS | libc::ENXIO | libc::ENODEV)
+                matches!(
+                    source_errno.0,
+                    libc::EIO | libc::EROFS | libc::ENXIO | libc::ENODEV
+                )
             }
             _ => false,
         }
@@ -294,7 +295,10 @@ mod tests {
             DiskError::from_errno(OpClass::WriteAll, libc::ENOSPC),
             DiskError::NoSpace
         );
-        assert_eq!(DiskError::from_errno(OpClass::WriteAll, libc::EDQUOT).kind(), "no_space");
+        assert_eq!(
+            DiskError::from_errno(OpClass::WriteAll, libc::EDQUOT).kind(),
+            "no_space"
+        );
         let eio = DiskError::from_errno(OpClass::ReadFileAt, libc::EIO);
         assert_eq!(eio.kind(), "io");
         assert!(eio.is_device_fault());

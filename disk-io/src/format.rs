@@ -41,9 +41,10 @@ impl FormatFile {
 
     /// Parse and check a format file's bytes.
     pub fn parse(bytes: &[u8]) -> Result<FormatFile, DiskError> {
-        let f: FormatFile = serde_json::from_slice(bytes).map_err(|e| DiskError::CorruptFormat {
-            reason: e.to_string(),
-        })?;
+        let f: FormatFile =
+            serde_json::from_slice(bytes).map_err(|e| DiskError::CorruptFormat {
+                reason: e.to_string(),
+            })?;
         if f.version != FORMAT_VERSION {
             return Err(DiskError::CorruptFormat {
                 reason: format!("unsupported format version {}", f.version),
@@ -76,7 +77,10 @@ mod tests {
 
     #[test]
     fn rejects_garbage_and_future_versions() {
-        assert_eq!(FormatFile::parse(b"{not json").map_err(|e| e.kind()), Err("corrupt_format"));
+        assert_eq!(
+            FormatFile::parse(b"{not json").map_err(|e| e.kind()),
+            Err("corrupt_format")
+        );
         let mut f = FormatFile::new(0, 0);
         f.version = 99;
         assert!(FormatFile::parse(&f.to_bytes()).is_err());

@@ -108,7 +108,9 @@ pub struct Health {
 
 impl std::fmt::Debug for Health {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Health").field("state", &self.state()).finish()
+        f.debug_struct("Health")
+            .field("state", &self.state())
+            .finish()
     }
 }
 
@@ -401,7 +403,11 @@ mod tests {
         h.on_probe(Ok(()));
         assert_eq!(h.state(), HealthState::Probing);
         h.on_probe(Err(miss()));
-        assert_eq!(h.state(), HealthState::Faulty, "a failed probe resets recovery");
+        assert_eq!(
+            h.state(),
+            HealthState::Faulty,
+            "a failed probe resets recovery"
+        );
         assert!(!h.probe_due(), "backoff doubled, not yet due");
         std::thread::sleep(Duration::from_millis(5));
         assert!(h.probe_due());

@@ -43,7 +43,9 @@ pub mod stall;
 
 pub use config::{DiskConfig, DriverConfig, HealthConfig, Limits, OpTimeouts};
 pub use deadline::Deadline;
-pub use disk::{CreateOptions, DeleteOptions, Disk, DiskId, DiskInfo, FileInfo, ShardWriter, VolInfo};
+pub use disk::{
+    CreateOptions, DeleteOptions, Disk, DiskId, DiskInfo, FileInfo, ShardWriter, VolInfo,
+};
 pub use error::{Availability, DiskError, Result};
 pub use health::{HealthState, Transition};
 pub use local::{LocalDisk, LocalDiskBuilder};

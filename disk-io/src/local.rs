@@ -144,7 +144,10 @@ impl LocalDiskBuilder {
             ignore_exists(inner.mkdir(&rel, class, deadline).await)?;
         }
         let old_tmp = RelPath::system(&format!("trash/tmp-{}", uuid::Uuid::new_v4()));
-        match inner.rename(&RelPath::system("tmp"), &old_tmp, class, deadline).await {
+        match inner
+            .rename(&RelPath::system("tmp"), &old_tmp, class, deadline)
+            .await
+        {
             Ok(()) | Err(DiskError::FileNotFound) => {}
             Err(e) => return Err(e),
         }
@@ -263,7 +266,12 @@ struct Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        if let Some(h) = self.monitor.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        if let Some(h) = self
+            .monitor
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
             h.abort();
         }
     }
@@ -285,7 +293,13 @@ impl FileFd {
         // still leaves at its deadline; the close then finishes as a zombie.
         let done = self
             .driver
-            .run_with(class, Op::Close { fd: self.fd }, None, deadline, self.permit.take())
+            .run_with(
+                class,
+                Op::Close { fd: self.fd },
+                None,
+                deadline,
+                self.permit.take(),
+            )
             .await?;
         check(class, done.res).map(|_| ())
     }
@@ -435,7 +449,12 @@ impl Inner {
         }
     }
 
-    async fn statx(&self, rel: &RelPath, class: OpClass, deadline: Deadline) -> Result<libc::statx> {
+    async fn statx(
+        &self,
+        rel: &RelPath,
+        class: OpClass,
+        deadline: Deadline,
+    ) -> Result<libc::statx> {
         self.statx_at(
             self.root_fd.as_raw_fd(),
             rel.c_string(),
@@ -535,7 +554,13 @@ impl Inner {
         Ok(buf)
     }
 
-    async fn fsync(&self, fd: RawFd, datasync: bool, class: OpClass, deadline: Deadline) -> Result<()> {
+    async fn fsync(
+        &self,
+        fd: RawFd,
+        datasync: bool,
+        class: OpClass,
+        deadline: Deadline,
+    ) -> Result<()> {
         let done = self
             .driver
             .run(class, Op::Fsync { fd, datasync }, deadline, None)
@@ -572,7 +597,13 @@ impl Inner {
         Ok(())
     }
 
-    async fn unlink(&self, rel: &RelPath, flags: i32, class: OpClass, deadline: Deadline) -> Result<()> {
+    async fn unlink(
+        &self,
+        rel: &RelPath,
+        flags: i32,
+        class: OpClass,
+        deadline: Deadline,
+    ) -> Result<()> {
         let done = self
             .driver
             .run(
@@ -589,7 +620,13 @@ impl Inner {
         check(class, done.res).map(|_| ())
     }
 
-    async fn rename(&self, from: &RelPath, to: &RelPath, class: OpClass, deadline: Deadline) -> Result<()> {
+    async fn rename(
+        &self,
+        from: &RelPath,
+        to: &RelPath,
+        class: OpClass,
+        deadline: Deadline,
+    ) -> Result<()> {
         let done = self
             .driver
             .run(
@@ -616,7 +653,13 @@ impl Inner {
     }
 
     /// Map "not found" to "volume not found" when the volume is missing.
-    async fn explain_not_found(&self, err: DiskError, vol: &str, class: OpClass, deadline: Deadline) -> DiskError {
+    async fn explain_not_found(
+        &self,
+        err: DiskError,
+        vol: &str,
+        class: OpClass,
+        deadline: Deadline,
+    ) -> DiskError {
         if err != DiskError::FileNotFound {
             return err;
         }
@@ -631,7 +674,12 @@ impl Inner {
     }
 
     /// Read a whole file of at most `max_read_all` bytes.
-    async fn read_small(&self, rel: &RelPath, class: OpClass, deadline: Deadline) -> Result<(Vec<u8>, libc::statx)> {
+    async fn read_small(
+        &self,
+        rel: &RelPath,
+        class: OpClass,
+        deadline: Deadline,
+    ) -> Result<(Vec<u8>, libc::statx)> {
         let file = self.open(rel, libc::O_RDONLY, 0, class, deadline).await?;
         let st = self.statx_fd(file.fd, class, deadline).await?;
         if is_dir(&st) {
@@ -757,28 +805,43 @@ impl Inner {
         let path = RelPath::system(FORMAT_FILE);
         let cached = {
             let g = self.id_cache.lock().unwrap_or_else(|e| e.into_inner());
-            g.as_ref().map(|c| (c.id, c.checked_at, c.ino, c.mtime, c.size))
+            g.as_ref()
+                .map(|c| (c.id, c.checked_at, c.ino, c.mtime, c.size))
         };
         if let Some((id, checked_at, ino, mtime, size)) = cached {
             if checked_at.elapsed() < self.cfg.disk_id_cache_ttl {
                 return Ok(id);
             }
             // Staleness check, under the same deadline as everything else.
-            let st = self.statx(&path, class, deadline).await.map_err(|e| match e {
-                DiskError::FileNotFound => DiskError::Unformatted,
-                e => e,
-            })?;
-            if st.stx_ino == ino && (st.stx_mtime.tv_sec, st.stx_mtime.tv_nsec) == mtime && st.stx_size == size {
-                if let Some(c) = self.id_cache.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+            let st = self
+                .statx(&path, class, deadline)
+                .await
+                .map_err(|e| match e {
+                    DiskError::FileNotFound => DiskError::Unformatted,
+                    e => e,
+                })?;
+            if st.stx_ino == ino
+                && (st.stx_mtime.tv_sec, st.stx_mtime.tv_nsec) == mtime
+                && st.stx_size == size
+            {
+                if let Some(c) = self
+                    .id_cache
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .as_mut()
+                {
                     c.checked_at = Instant::now();
                 }
                 return Ok(id);
             }
         }
-        let (bytes, st) = self.read_small(&path, class, deadline).await.map_err(|e| match e {
-            DiskError::FileNotFound => DiskError::Unformatted,
-            e => e,
-        })?;
+        let (bytes, st) = self
+            .read_small(&path, class, deadline)
+            .await
+            .map_err(|e| match e {
+                DiskError::FileNotFound => DiskError::Unformatted,
+                e => e,
+            })?;
         let f = FormatFile::parse(&bytes)?;
         *self.id_cache.lock().unwrap_or_else(|e| e.into_inner()) = Some(CachedId {
             id: f.disk,
@@ -801,7 +864,13 @@ impl Inner {
         let mut created = false;
         let r = tokio::time::timeout_at(deadline.tokio(), async {
             let file = self
-                .open(&rel, libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC, 0o644, class, deadline)
+                .open(
+                    &rel,
+                    libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC,
+                    0o644,
+                    class,
+                    deadline,
+                )
                 .await?;
             created = true;
             self.write_fd(file.fd, IoBuf::Vec(pattern.clone()), 0, class, deadline)
@@ -905,7 +974,12 @@ fn purge_dir(root: &OwnedFd, rel: &str) -> std::io::Result<usize> {
 }
 
 /// Read a directory's entries (blocking; runs on the pool).
-fn read_dir_at(root: &OwnedFd, rel: &RelPath, limit: usize, dirs_only: bool) -> Result<Vec<(String, bool)>> {
+fn read_dir_at(
+    root: &OwnedFd,
+    rel: &RelPath,
+    limit: usize,
+    dirs_only: bool,
+) -> Result<Vec<(String, bool)>> {
     use nix::dir::{Dir, Type};
     use nix::fcntl::OFlag;
     use nix::sys::stat::Mode;
@@ -1056,10 +1130,15 @@ impl Disk for LocalDisk {
         let class = OpClass::DeleteVol;
         inner
             .guarded(class, deadline, async {
-                match inner.unlink(&rel, libc::AT_REMOVEDIR, class, deadline).await {
+                match inner
+                    .unlink(&rel, libc::AT_REMOVEDIR, class, deadline)
+                    .await
+                {
                     Ok(()) => Ok(()),
                     Err(DiskError::FileNotFound) => Err(DiskError::VolumeNotFound),
-                    Err(DiskError::DirectoryNotEmpty) if force => inner.trash(&rel, class, deadline).await,
+                    Err(DiskError::DirectoryNotEmpty) if force => {
+                        inner.trash(&rel, class, deadline).await
+                    }
                     Err(DiskError::DirectoryNotEmpty) => Err(DiskError::VolumeNotEmpty),
                     Err(e) => Err(e),
                 }
@@ -1081,7 +1160,13 @@ impl Disk for LocalDisk {
             .await
     }
 
-    async fn write_all(&self, vol: &str, path: &str, data: &[u8], deadline: Deadline) -> Result<()> {
+    async fn write_all(
+        &self,
+        vol: &str,
+        path: &str,
+        data: &[u8],
+        deadline: Deadline,
+    ) -> Result<()> {
         let inner = &self.inner;
         let rel = RelPath::new(vol, path)?;
         inner
@@ -1123,20 +1208,23 @@ impl Disk for LocalDisk {
                     r => r,
                 }
                 .map_err(|e| match e {
-                    DiskError::Io { source_errno: Errno(libc::EINVAL), .. } if opts.direct => {
-                        DiskError::InvalidArgument {
-                            reason: "the file system does not support O_DIRECT".into(),
-                        }
-                    }
+                    DiskError::Io {
+                        source_errno: Errno(libc::EINVAL),
+                        ..
+                    } if opts.direct => DiskError::InvalidArgument {
+                        reason: "the file system does not support O_DIRECT".into(),
+                    },
                     e => e,
                 })?;
                 let staging = if opts.direct {
                     let l = &inner.cfg.limits;
-                    Some(AlignedBuf::new(l.direct_io_chunk, l.direct_io_alignment).ok_or_else(|| {
-                        DiskError::InvalidArgument {
-                            reason: "cannot allocate the O_DIRECT staging buffer".into(),
-                        }
-                    })?)
+                    Some(
+                        AlignedBuf::new(l.direct_io_chunk, l.direct_io_alignment).ok_or_else(
+                            || DiskError::InvalidArgument {
+                                reason: "cannot allocate the O_DIRECT staging buffer".into(),
+                            },
+                        )?,
+                    )
                 } else {
                     None
                 };
@@ -1243,7 +1331,13 @@ impl Disk for LocalDisk {
             .await
     }
 
-    async fn delete(&self, vol: &str, path: &str, opts: DeleteOptions, deadline: Deadline) -> Result<()> {
+    async fn delete(
+        &self,
+        vol: &str,
+        path: &str,
+        opts: DeleteOptions,
+        deadline: Deadline,
+    ) -> Result<()> {
         let inner = &self.inner;
         let rel = RelPath::new(vol, path)?;
         let class = OpClass::Delete;
@@ -1251,7 +1345,10 @@ impl Disk for LocalDisk {
             .guarded(class, deadline, async {
                 let r = match inner.unlink(&rel, 0, class, deadline).await {
                     Err(DiskError::WrongFileType { .. }) => {
-                        match inner.unlink(&rel, libc::AT_REMOVEDIR, class, deadline).await {
+                        match inner
+                            .unlink(&rel, libc::AT_REMOVEDIR, class, deadline)
+                            .await
+                        {
                             Err(DiskError::DirectoryNotEmpty) if opts.recursive => {
                                 inner.trash(&rel, class, deadline).await
                             }
@@ -1278,7 +1375,9 @@ impl Disk for LocalDisk {
                 let limit = inner.cfg.limits.max_list_entries;
                 let r = inner
                     .driver
-                    .blocking(class, deadline, move || read_dir_at(&root, &rel, limit, false))
+                    .blocking(class, deadline, move || {
+                        read_dir_at(&root, &rel, limit, false)
+                    })
                     .await?;
                 match r {
                     Ok(entries) => Ok(entries
@@ -1322,9 +1421,12 @@ impl LocalShardWriter {
                 reason: "an earlier write on this shard failed; its content is undefined".into(),
             });
         }
-        self.file.as_ref().map(|f| f.fd).ok_or(DiskError::InvalidArgument {
-            reason: "shard writer already finished".into(),
-        })
+        self.file
+            .as_ref()
+            .map(|f| f.fd)
+            .ok_or(DiskError::InvalidArgument {
+                reason: "shard writer already finished".into(),
+            })
     }
 
     /// Write the staging buffer's first `len` bytes (a multiple of the
@@ -1338,7 +1440,13 @@ impl LocalShardWriter {
         staging.truncate(len);
         let r = self
             .disk
-            .write_fd(fd, IoBuf::Aligned(staging), self.offset, OpClass::Append, deadline)
+            .write_fd(
+                fd,
+                IoBuf::Aligned(staging),
+                self.offset,
+                OpClass::Append,
+                deadline,
+            )
             .await;
         match r {
             Ok(IoBuf::Aligned(mut b)) => {
@@ -1366,7 +1474,13 @@ impl ShardWriter for LocalShardWriter {
             if self.staging.is_none() {
                 let r = self
                     .disk
-                    .write_fd(fd, IoBuf::Vec(data.to_vec()), self.offset, OpClass::Append, deadline)
+                    .write_fd(
+                        fd,
+                        IoBuf::Vec(data.to_vec()),
+                        self.offset,
+                        OpClass::Append,
+                        deadline,
+                    )
                     .await;
                 return match r {
                     Ok(_) => {
@@ -1416,9 +1530,15 @@ impl ShardWriter for LocalShardWriter {
                     // SAFETY: plain fcntl on an fd we own.
                     let fl = unsafe { libc::fcntl(fd, libc::F_GETFL) };
                     // SAFETY: as above.
-                    if fl < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, fl & !libc::O_DIRECT) } < 0 {
+                    if fl < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, fl & !libc::O_DIRECT) } < 0
+                    {
                         self.poisoned = true;
-                        return Err(DiskError::from_errno(class, std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)));
+                        return Err(DiskError::from_errno(
+                            class,
+                            std::io::Error::last_os_error()
+                                .raw_os_error()
+                                .unwrap_or(libc::EIO),
+                        ));
                     }
                     self.disk
                         .write_fd(fd, IoBuf::Vec(tail.clone()), self.offset, class, deadline)

@@ -34,7 +34,12 @@ pub const STATE_CHECK_DURATION: &str = "diskio_disk_state_check_duration_seconds
 /// Counter: active probes, by disk and result.
 pub const PROBES: &str = "diskio_probes_total";
 
-pub(crate) fn record_op(disk: &str, op: OpClass, elapsed: Duration, result: Result<(), &DiskError>) {
+pub(crate) fn record_op(
+    disk: &str,
+    op: OpClass,
+    elapsed: Duration,
+    result: Result<(), &DiskError>,
+) {
     let outcome = match result {
         Ok(()) => "ok",
         Err(e) => e.kind(),

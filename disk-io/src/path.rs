@@ -167,13 +167,30 @@ mod tests {
 
     #[test]
     fn accepts_ordinary_paths() {
-        assert_eq!(RelPath::new("bucket", "a/b/c.bin").map(|p| p.text), Ok("bucket/a/b/c.bin".into()));
-        assert!(RelPath::new("b", "x..y/.hidden/z...").is_ok(), "dots inside names are fine");
+        assert_eq!(
+            RelPath::new("bucket", "a/b/c.bin").map(|p| p.text),
+            Ok("bucket/a/b/c.bin".into())
+        );
+        assert!(
+            RelPath::new("b", "x..y/.hidden/z...").is_ok(),
+            "dots inside names are fine"
+        );
     }
 
     #[test]
     fn rejects_traversal_and_absolute() {
-        for p in ["../etc/passwd", "a/../../x", "/etc/passwd", "a//b", "a/./b", "a/", "", ".", "..", "a\0b"] {
+        for p in [
+            "../etc/passwd",
+            "a/../../x",
+            "/etc/passwd",
+            "a//b",
+            "a/./b",
+            "a/",
+            "",
+            ".",
+            "..",
+            "a\0b",
+        ] {
             let e = RelPath::new("vol", p).expect_err(p);
             assert_eq!(e.kind(), "invalid_argument", "{p}");
         }

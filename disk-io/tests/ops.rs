@@ -21,10 +21,17 @@ async fn format_and_disk_id() {
     let id = disk.format(1, 3, false, dl()).await.expect("format");
     assert_eq!((id.set_index, id.disk_index), (1, 3));
     assert_eq!(disk.disk_id(dl()).await, Ok(id));
-    assert_eq!(disk.format(1, 3, false, dl()).await, Err(DiskError::AlreadyFormatted));
+    assert_eq!(
+        disk.format(1, 3, false, dl()).await,
+        Err(DiskError::AlreadyFormatted)
+    );
     let id2 = disk.format(1, 3, true, dl()).await.expect("force format");
     assert_ne!(id.uuid, id2.uuid);
-    assert_eq!(disk.disk_id(dl()).await, Ok(id2), "cache invalidated by format");
+    assert_eq!(
+        disk.disk_id(dl()).await,
+        Ok(id2),
+        "cache invalidated by format"
+    );
     let info = disk.disk_info(dl()).await.expect("info");
     assert_eq!(info.id, Some(id2));
     assert!(info.total > 0 && info.free <= info.total);
@@ -35,54 +42,128 @@ async fn volumes() {
     let (_d, disk) = disk().await;
     disk.make_vol("b1", dl()).await.expect("mkvol");
     disk.make_vol("a0", dl()).await.expect("mkvol");
-    assert_eq!(disk.make_vol("b1", dl()).await, Err(DiskError::VolumeExists));
-    let names: Vec<_> = disk.list_vols(dl()).await.expect("list").into_iter().map(|v| v.name).collect();
+    assert_eq!(
+        disk.make_vol("b1", dl()).await,
+        Err(DiskError::VolumeExists)
+    );
+    let names: Vec<_> = disk
+        .list_vols(dl())
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|v| v.name)
+        .collect();
     assert_eq!(names, vec!["a0", "b1"], "sorted, system dir hidden");
     assert_eq!(disk.stat_vol("b1", dl()).await.expect("stat").name, "b1");
-    assert_eq!(disk.stat_vol("zz", dl()).await, Err(DiskError::VolumeNotFound));
+    assert_eq!(
+        disk.stat_vol("zz", dl()).await,
+        Err(DiskError::VolumeNotFound)
+    );
     disk.write_all("b1", "x", b"1", dl()).await.expect("write");
-    assert_eq!(disk.delete_vol("b1", false, dl()).await, Err(DiskError::VolumeNotEmpty));
-    disk.delete_vol("b1", true, dl()).await.expect("force delete");
-    assert_eq!(disk.stat_vol("b1", dl()).await, Err(DiskError::VolumeNotFound));
-    disk.delete_vol("a0", false, dl()).await.expect("delete empty");
-    assert_eq!(disk.delete_vol("a0", false, dl()).await, Err(DiskError::VolumeNotFound));
+    assert_eq!(
+        disk.delete_vol("b1", false, dl()).await,
+        Err(DiskError::VolumeNotEmpty)
+    );
+    disk.delete_vol("b1", true, dl())
+        .await
+        .expect("force delete");
+    assert_eq!(
+        disk.stat_vol("b1", dl()).await,
+        Err(DiskError::VolumeNotFound)
+    );
+    disk.delete_vol("a0", false, dl())
+        .await
+        .expect("delete empty");
+    assert_eq!(
+        disk.delete_vol("a0", false, dl()).await,
+        Err(DiskError::VolumeNotFound)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn files_round_trip() {
     let (_d, disk) = disk().await;
     disk.make_vol("v", dl()).await.expect("mkvol");
-    disk.write_all("v", "a/b/meta", b"hello", dl()).await.expect("write nested");
-    assert_eq!(disk.read_all("v", "a/b/meta", dl()).await.expect("read"), b"hello");
-    disk.write_all("v", "a/b/meta", b"world!", dl()).await.expect("overwrite");
-    assert_eq!(disk.read_all("v", "a/b/meta", dl()).await.expect("read"), b"world!");
-    assert_eq!(disk.read_all("v", "nope", dl()).await, Err(DiskError::FileNotFound));
-    assert_eq!(disk.read_all("nov", "x", dl()).await, Err(DiskError::VolumeNotFound));
-    assert_eq!(disk.write_all("nov", "x", b"", dl()).await, Err(DiskError::VolumeNotFound));
-    assert_eq!(disk.read_file_at("v", "a/b/meta", 1, 3, dl()).await.expect("read at"), b"orl");
+    disk.write_all("v", "a/b/meta", b"hello", dl())
+        .await
+        .expect("write nested");
+    assert_eq!(
+        disk.read_all("v", "a/b/meta", dl()).await.expect("read"),
+        b"hello"
+    );
+    disk.write_all("v", "a/b/meta", b"world!", dl())
+        .await
+        .expect("overwrite");
+    assert_eq!(
+        disk.read_all("v", "a/b/meta", dl()).await.expect("read"),
+        b"world!"
+    );
+    assert_eq!(
+        disk.read_all("v", "nope", dl()).await,
+        Err(DiskError::FileNotFound)
+    );
+    assert_eq!(
+        disk.read_all("nov", "x", dl()).await,
+        Err(DiskError::VolumeNotFound)
+    );
+    assert_eq!(
+        disk.write_all("nov", "x", b"", dl()).await,
+        Err(DiskError::VolumeNotFound)
+    );
+    assert_eq!(
+        disk.read_file_at("v", "a/b/meta", 1, 3, dl())
+            .await
+            .expect("read at"),
+        b"orl"
+    );
     assert!(matches!(
         disk.read_file_at("v", "a/b/meta", 4, 10, dl()).await,
         Err(DiskError::UnexpectedEof { wanted: 10, got: 2 })
     ));
     let st = disk.stat_file("v", "a/b/meta", dl()).await.expect("stat");
     assert_eq!((st.size, st.is_dir), (6, false));
-    assert!(disk.stat_file("v", "a", dl()).await.expect("stat dir").is_dir);
-    disk.rename_file("v", "a/b/meta", "v", "c/d/meta2", dl()).await.expect("rename");
-    assert_eq!(disk.read_all("v", "c/d/meta2", dl()).await.expect("read"), b"world!");
+    assert!(
+        disk.stat_file("v", "a", dl())
+            .await
+            .expect("stat dir")
+            .is_dir
+    );
+    disk.rename_file("v", "a/b/meta", "v", "c/d/meta2", dl())
+        .await
+        .expect("rename");
+    assert_eq!(
+        disk.read_all("v", "c/d/meta2", dl()).await.expect("read"),
+        b"world!"
+    );
     assert_eq!(
         disk.rename_file("v", "missing", "v", "x", dl()).await,
         Err(DiskError::FileNotFound)
     );
-    assert_eq!(disk.list_dir("v", "", dl()).await.expect("ls"), vec!["a/", "c/"]);
-    assert_eq!(disk.list_dir("v", "c/d", dl()).await.expect("ls"), vec!["meta2"]);
-    assert_eq!(disk.list_dir("v", "zz", dl()).await, Err(DiskError::FileNotFound));
+    assert_eq!(
+        disk.list_dir("v", "", dl()).await.expect("ls"),
+        vec!["a/", "c/"]
+    );
+    assert_eq!(
+        disk.list_dir("v", "c/d", dl()).await.expect("ls"),
+        vec!["meta2"]
+    );
+    assert_eq!(
+        disk.list_dir("v", "zz", dl()).await,
+        Err(DiskError::FileNotFound)
+    );
     assert_eq!(
         disk.delete("v", "c", DeleteOptions::default(), dl()).await,
         Err(DiskError::DirectoryNotEmpty)
     );
-    disk.delete("v", "c/d/meta2", DeleteOptions::default(), dl()).await.expect("rm file");
-    disk.delete("v", "c/d", DeleteOptions::default(), dl()).await.expect("rm empty dir");
-    disk.delete("v", "a", DeleteOptions { recursive: true }, dl()).await.expect("rm -r");
+    disk.delete("v", "c/d/meta2", DeleteOptions::default(), dl())
+        .await
+        .expect("rm file");
+    disk.delete("v", "c/d", DeleteOptions::default(), dl())
+        .await
+        .expect("rm empty dir");
+    disk.delete("v", "a", DeleteOptions { recursive: true }, dl())
+        .await
+        .expect("rm -r");
     assert_eq!(disk.list_dir("v", "", dl()).await.expect("ls"), vec!["c/"]);
     assert_eq!(
         disk.delete("v", "a", DeleteOptions::default(), dl()).await,
@@ -97,7 +178,10 @@ async fn shard_writer_buffered_and_direct() {
     let payload: Vec<u8> = (0..3_000_017u32).map(|i| (i % 251) as u8).collect();
     for direct in [false, true] {
         let path = format!("shard-{direct}/part.1");
-        let opts = CreateOptions { direct, datasync: true };
+        let opts = CreateOptions {
+            direct,
+            datasync: true,
+        };
         let mut w = match disk.create_file("v", &path, opts, dl()).await {
             Err(DiskError::InvalidArgument { reason }) if direct => {
                 // tmpfs has no O_DIRECT: the error says so instead of failing later.
@@ -110,7 +194,10 @@ async fn shard_writer_buffered_and_direct() {
             w.append(chunk, dl()).await.expect("append");
         }
         assert_eq!(w.finish(dl()).await.expect("finish"), payload.len() as u64);
-        let back = disk.read_file_at("v", &path, 0, payload.len(), dl()).await.expect("read");
+        let back = disk
+            .read_file_at("v", &path, 0, payload.len(), dl())
+            .await
+            .expect("read");
         assert!(back == payload, "direct={direct}: content differs");
     }
 }
@@ -119,9 +206,19 @@ async fn shard_writer_buffered_and_direct() {
 async fn bad_paths_are_rejected_and_touch_nothing() {
     let (d, disk) = disk().await;
     disk.make_vol("v", dl()).await.expect("mkvol");
-    let outside = d.path().parent().expect("parent").join("disk-io-escape-probe");
+    let outside = d
+        .path()
+        .parent()
+        .expect("parent")
+        .join("disk-io-escape-probe");
     let _ = std::fs::remove_file(&outside);
-    for p in ["../disk-io-escape-probe", "/etc/passwd", "a/../../x", "a//b", "./a"] {
+    for p in [
+        "../disk-io-escape-probe",
+        "/etc/passwd",
+        "a/../../x",
+        "a//b",
+        "./a",
+    ] {
         for r in [
             disk.write_all("v", p, b"x", dl()).await,
             disk.read_all("v", p, dl()).await.map(|_| ()),
@@ -132,7 +229,11 @@ async fn bad_paths_are_rejected_and_touch_nothing() {
         }
     }
     for v in ["..", ".disk-io", "/", "a/b"] {
-        assert_eq!(disk.make_vol(v, dl()).await.map_err(|e| e.kind()), Err("invalid_argument"), "{v}");
+        assert_eq!(
+            disk.make_vol(v, dl()).await.map_err(|e| e.kind()),
+            Err("invalid_argument"),
+            "{v}"
+        );
     }
     assert!(!outside.exists(), "nothing written outside the disk");
     // A symlink planted inside the disk cannot lead out of it either.

@@ -128,7 +128,11 @@ async fn demo() -> i32 {
                     t(),
                     root.display(),
                     id.uuid,
-                    if i == 3 { "  <- on the FUSE fault harness" } else { "" }
+                    if i == 3 {
+                        "  <- on the FUSE fault harness"
+                    } else {
+                        ""
+                    }
                 );
                 disks.push(d);
             }
@@ -171,13 +175,36 @@ async fn demo() -> i32 {
                 let t0 = Instant::now();
                 let key = format!("obj{}", n % 8);
                 let (op, r) = match n % 4 {
-                    0 => ("write_all", disk.write_all("demo", &format!("{key}/meta"), format!("v{n}").as_bytes(), deadline).await),
-                    1 => ("read_all", disk.read_all("demo", &format!("obj{}/meta", n.saturating_sub(1) % 8), deadline).await.map(|_| ())),
+                    0 => (
+                        "write_all",
+                        disk.write_all(
+                            "demo",
+                            &format!("{key}/meta"),
+                            format!("v{n}").as_bytes(),
+                            deadline,
+                        )
+                        .await,
+                    ),
+                    1 => (
+                        "read_all",
+                        disk.read_all(
+                            "demo",
+                            &format!("obj{}/meta", n.saturating_sub(1) % 8),
+                            deadline,
+                        )
+                        .await
+                        .map(|_| ()),
+                    ),
                     2 => {
                         shard += 1;
                         let r = async {
                             let mut w = disk
-                                .create_file("demo", &format!("{key}/part.{shard}"), CreateOptions::default(), deadline)
+                                .create_file(
+                                    "demo",
+                                    &format!("{key}/part.{shard}"),
+                                    CreateOptions::default(),
+                                    deadline,
+                                )
                                 .await?;
                             w.append(&[n as u8; 64 * 1024], deadline).await?;
                             w.finish(deadline).await.map(|_| ())
@@ -185,7 +212,16 @@ async fn demo() -> i32 {
                         .await;
                         ("shard write", r)
                     }
-                    _ => ("stat_file", disk.stat_file("demo", &format!("obj{}/meta", n.saturating_sub(3) % 8), deadline).await.map(|_| ())),
+                    _ => (
+                        "stat_file",
+                        disk.stat_file(
+                            "demo",
+                            &format!("obj{}/meta", n.saturating_sub(3) % 8),
+                            deadline,
+                        )
+                        .await
+                        .map(|_| ()),
+                    ),
                 };
                 let took = t0.elapsed();
                 let late = deadline.overshoot(Instant::now());
@@ -226,7 +262,10 @@ async fn demo() -> i32 {
     }
 
     tokio::time::sleep_until(tokio::time::Instant::from_std(started + HANG_AT)).await;
-    println!("[{:6.3}s] !! hanging every request of the FUSE layer under disk3", t());
+    println!(
+        "[{:6.3}s] !! hanging every request of the FUSE layer under disk3",
+        t()
+    );
     ctl.hang();
     tokio::time::sleep_until(tokio::time::Instant::from_std(started + RELEASE_AT)).await;
     println!("[{:6.3}s] !! releasing the FUSE layer under disk3", t());
@@ -260,13 +299,18 @@ async fn demo() -> i32 {
             tl.ok, tl.deadline, tl.faulty, tl.other, tl.worst_late
         );
     }
-    let states = transitions.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let states = transitions
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
     let path: Vec<&str> = states.iter().map(|s| s.as_str()).collect();
     println!("  disk3 went {}", path.join(" -> "));
     let recovered = states.contains(&HealthState::Faulty)
         && states.contains(&HealthState::Probing)
         && states.last() == Some(&HealthState::Online);
-    let healthy_others = tallies[..3].iter().all(|t| t.deadline == 0 && t.faulty == 0 && t.other == 0);
+    let healthy_others = tallies[..3]
+        .iter()
+        .all(|t| t.deadline == 0 && t.faulty == 0 && t.other == 0);
 
     drop(disks);
     if let Err(e) = fs.unmount() {

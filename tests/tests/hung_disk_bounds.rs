@@ -9,7 +9,9 @@ use disk_io::{Deadline, Disk, DiskConfig, DiskError, LocalDisk};
 use disk_io_harness::{privilege, FaultFs};
 
 fn thread_count() -> usize {
-    std::fs::read_dir("/proc/self/task").map(|d| d.count()).unwrap_or(0)
+    std::fs::read_dir("/proc/self/task")
+        .map(|d| d.count())
+        .unwrap_or(0)
 }
 
 fn rss_bytes() -> u64 {
@@ -45,7 +47,9 @@ async fn a_thousand_calls_on_a_hung_disk_stay_bounded() {
         .await
         .expect("open disk on faultfs");
     disk.make_vol("v", setup).await.expect("make_vol");
-    disk.write_all("v", "meta", b"old", setup).await.expect("write_all");
+    disk.write_all("v", "meta", b"old", setup)
+        .await
+        .expect("write_all");
     let disk = Arc::new(disk);
     let threads_before = thread_count();
     let rss_before = rss_bytes();
@@ -101,6 +105,8 @@ async fn a_thousand_calls_on_a_hung_disk_stay_bounded() {
         "threads grew from {threads_before} to {threads} (io-wq cap {cap})"
     );
     let grown = rss.saturating_sub(rss_before);
-    assert!(grown < 64 << 20, "RSS grew by {grown} bytes during 1000 hung calls");
+    assert!(
+        grown < 64 << 20,
+        "RSS grew by {grown} bytes during 1000 hung calls"
+    );
 }
-

@@ -68,8 +68,12 @@ async fn fuse_disk(cfg: DiskConfig) -> Fixture {
         .open(setup_deadline())
         .await
         .expect("open disk on faultfs");
-    disk.format(0, 1, false, setup_deadline()).await.expect("format");
-    disk.make_vol("v", setup_deadline()).await.expect("make_vol");
+    disk.format(0, 1, false, setup_deadline())
+        .await
+        .expect("format");
+    disk.make_vol("v", setup_deadline())
+        .await
+        .expect("make_vol");
     disk.write_all("v", "meta", b"old", setup_deadline())
         .await
         .expect("write_all");
@@ -128,8 +132,14 @@ async fn every_operation_misses_its_deadline_on_time_when_hung() {
     check!("append", |d| writer.append(b"shard bytes", d));
     check!("read_file_at", |d| disk.read_file_at("v", "meta", 0, 3, d));
     check!("stat_file", |d| disk.stat_file("v", "meta", d));
-    check!("rename_file", |d| disk.rename_file("v", "meta", "v", "meta2", d));
-    check!("delete", |d| disk.delete("v", "d/inner", DeleteOptions::default(), d));
+    check!("rename_file", |d| disk
+        .rename_file("v", "meta", "v", "meta2", d));
+    check!("delete", |d| disk.delete(
+        "v",
+        "d/inner",
+        DeleteOptions::default(),
+        d
+    ));
     check!("list_dir", |d| disk.list_dir("v", "", d));
     assert!(
         fx.ctl.hung_requests() > 0,
@@ -213,9 +223,15 @@ async fn hung_disk_trips_fails_fast_and_recovers_after_release() {
         }
     })
     .await;
-    assert!(waited.is_ok(), "disk did not come back Online after release; state {:?}", disk.state());
+    assert!(
+        waited.is_ok(),
+        "disk did not come back Online after release; state {:?}",
+        disk.state()
+    );
     assert_eq!(
-        disk.read_all("v", "meta", setup_deadline()).await.expect("read after recovery"),
+        disk.read_all("v", "meta", setup_deadline())
+            .await
+            .expect("read after recovery"),
         b"old"
     );
 }
@@ -245,7 +261,10 @@ async fn fifo_format_file_times_out_and_the_kernel_op_is_cancelled() {
         .open(setup_deadline())
         .await
         .expect("open");
-    let id = disk.format(3, 4, false, setup_deadline()).await.expect("format");
+    let id = disk
+        .format(3, 4, false, setup_deadline())
+        .await
+        .expect("format");
     assert_eq!(disk.disk_id(setup_deadline()).await, Ok(id));
 
     let format = dir.path().join(".disk-io/format.json");
@@ -286,11 +305,16 @@ async fn eio_and_enospc_are_typed_and_never_tear_a_file() {
     let r = disk.read_all("v", "meta", setup_deadline()).await;
     assert_eq!(r.as_ref().map_err(|e| e.kind()), Err("io"), "{r:?}");
     assert!(matches!(r, Err(DiskError::Io { source_errno, .. }) if source_errno.0 == libc::EIO));
-    assert!(!r.as_ref().err().is_some_and(|e| e.is_unavailable()), "EIO is an answer, not absence");
+    assert!(
+        !r.as_ref().err().is_some_and(|e| e.is_unavailable()),
+        "EIO is an answer, not absence"
+    );
     fx.ctl.clear_eio();
 
     fx.ctl.set_enospc(true);
-    let r = disk.write_all("v", "meta", b"new content", setup_deadline()).await;
+    let r = disk
+        .write_all("v", "meta", b"new content", setup_deadline())
+        .await;
     assert_eq!(r, Err(DiskError::NoSpace));
     let mut w = disk
         .create_file("v", "shard", CreateOptions::default(), setup_deadline())
@@ -303,18 +327,24 @@ async fn eio_and_enospc_are_typed_and_never_tear_a_file() {
     }
     fx.ctl.set_enospc(false);
     assert_eq!(
-        disk.read_all("v", "meta", setup_deadline()).await.expect("read"),
+        disk.read_all("v", "meta", setup_deadline())
+            .await
+            .expect("read"),
         b"old",
         "a failed write_all left the previous content intact"
     );
 
     // EIO in the middle of write_all (on its temporary file) leaves it intact too.
     fx.ctl.fail_eio(".disk-io/tmp");
-    let r = disk.write_all("v", "meta", b"newer", setup_deadline()).await;
+    let r = disk
+        .write_all("v", "meta", b"newer", setup_deadline())
+        .await;
     assert_eq!(r.map_err(|e| e.kind()), Err("io"));
     fx.ctl.clear_eio();
     assert_eq!(
-        disk.read_all("v", "meta", setup_deadline()).await.expect("read"),
+        disk.read_all("v", "meta", setup_deadline())
+            .await
+            .expect("read"),
         b"old"
     );
 }
@@ -347,15 +377,22 @@ async fn stall_signal_takes_the_disk_out_before_any_caller_waits() {
         .open(setup_deadline())
         .await
         .expect("open");
-    disk.make_vol("v", setup_deadline()).await.expect("make_vol");
+    disk.make_vol("v", setup_deadline())
+        .await
+        .expect("make_vol");
 
     stall.stalled.store(true, Ordering::Relaxed);
     let t0 = Instant::now();
     while disk.state().admits() {
-        assert!(t0.elapsed() < Duration::from_secs(2), "stall signal ignored");
+        assert!(
+            t0.elapsed() < Duration::from_secs(2),
+            "stall signal ignored"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let r = disk.stat_vol("v", Deadline::after(Duration::from_secs(5))).await;
+    let r = disk
+        .stat_vol("v", Deadline::after(Duration::from_secs(5)))
+        .await;
     match r {
         Err(DiskError::Faulty { reason }) => assert!(reason.contains("fake0"), "{reason}"),
         other => panic!("expected Faulty, got {other:?}"),
@@ -367,10 +404,15 @@ async fn stall_signal_takes_the_disk_out_before_any_caller_waits() {
     stall.stalled.store(false, Ordering::Relaxed);
     let t0 = Instant::now();
     while disk.state() != HealthState::Online {
-        assert!(t0.elapsed() < Duration::from_secs(10), "no recovery after the stall cleared");
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "no recovery after the stall cleared"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    disk.stat_vol("v", setup_deadline()).await.expect("serves again");
+    disk.stat_vol("v", setup_deadline())
+        .await
+        .expect("serves again");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -379,12 +421,22 @@ async fn concurrent_ops_on_four_disks_read_back_exactly() {
     // Three plain directories and one FUSE pass-through: different paths
     // through the kernel, same contract.
     let (scratch, fs) = FaultFs::mount_scratch().expect("mount faultfs");
-    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().expect("tempdir")).collect();
+    let dirs: Vec<tempfile::TempDir> = (0..3)
+        .map(|_| tempfile::tempdir().expect("tempdir"))
+        .collect();
     let mut disks = Vec::new();
     for d in &dirs {
-        disks.push(LocalDisk::open(d.path(), setup_deadline()).await.expect("open"));
+        disks.push(
+            LocalDisk::open(d.path(), setup_deadline())
+                .await
+                .expect("open"),
+        );
     }
-    disks.push(LocalDisk::open(fs.mountpoint(), setup_deadline()).await.expect("open fuse"));
+    disks.push(
+        LocalDisk::open(fs.mountpoint(), setup_deadline())
+            .await
+            .expect("open fuse"),
+    );
     for d in &disks {
         d.make_vol("v", setup_deadline()).await.expect("make_vol");
     }
@@ -395,14 +447,22 @@ async fn concurrent_ops_on_four_disks_read_back_exactly() {
             let disk = disk.clone();
             tasks.push(tokio::spawn(async move {
                 let seed = (di * 1000 + t) as u32;
-                let meta: Vec<u8> = (0..(1000 + t * 37)).map(|i| (i as u32 ^ seed) as u8).collect();
+                let meta: Vec<u8> = (0..(1000 + t * 37))
+                    .map(|i| (i as u32 ^ seed) as u8)
+                    .collect();
                 let shard: Vec<u8> = (0..(100_000 + t * 911))
                     .map(|i| (i as u32).wrapping_mul(seed | 1) as u8)
                     .collect();
                 let d = || Deadline::after(Duration::from_secs(30));
-                disk.write_all("v", &format!("obj{t}/meta"), &meta, d()).await?;
+                disk.write_all("v", &format!("obj{t}/meta"), &meta, d())
+                    .await?;
                 let mut w = disk
-                    .create_file("v", &format!("obj{t}/part.1"), CreateOptions::default(), d())
+                    .create_file(
+                        "v",
+                        &format!("obj{t}/part.1"),
+                        CreateOptions::default(),
+                        d(),
+                    )
                     .await?;
                 for c in shard.chunks(8191) {
                     w.append(c, d()).await?;

@@ -68,13 +68,31 @@ fn cargo() -> Command {
 
 fn demo(rest: &[String]) -> Result<(), String> {
     run(cargo()
-        .args(["run", "--release", "--quiet", "-p", "disk-io-harness", "--example", "demo", "--"])
+        .args([
+            "run",
+            "--release",
+            "--quiet",
+            "-p",
+            "disk-io-harness",
+            "--example",
+            "demo",
+            "--",
+        ])
         .args(rest))
 }
 
 fn bench_deadline(rest: &[String]) -> Result<(), String> {
     run(cargo()
-        .args(["run", "--release", "--quiet", "-p", "disk-io-bench", "--bin", "deadline-bench", "--"])
+        .args([
+            "run",
+            "--release",
+            "--quiet",
+            "-p",
+            "disk-io-bench",
+            "--bin",
+            "deadline-bench",
+            "--",
+        ])
         .args(rest))
 }
 

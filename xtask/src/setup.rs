@@ -55,7 +55,10 @@ pub(crate) fn ensure() -> Result<(), String> {
     if !missing.is_empty() {
         let packages: Vec<&str> = missing.iter().map(|t| t.package).collect();
         for t in &missing {
-            eprintln!("setup: {} missing ({}), installing {}", t.command, t.why, t.package);
+            eprintln!(
+                "setup: {} missing ({}), installing {}",
+                t.command, t.why, t.package
+            );
         }
         if !is_root() {
             return Err(format!(

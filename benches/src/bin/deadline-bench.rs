@@ -39,13 +39,18 @@ fn parse_args() -> Result<Args, String> {
         match flag.as_str() {
             "--calls" => a.calls = value()?.parse().map_err(|e| format!("--calls: {e}"))?,
             "--deadline" => {
-                a.deadline = humantime::parse_duration(&value()?).map_err(|e| format!("--deadline: {e}"))?
+                a.deadline =
+                    humantime::parse_duration(&value()?).map_err(|e| format!("--deadline: {e}"))?
             }
             "--concurrency" => {
-                a.concurrency = value()?.parse().map_err(|e| format!("--concurrency: {e}"))?
+                a.concurrency = value()?
+                    .parse()
+                    .map_err(|e| format!("--concurrency: {e}"))?
             }
             "--fail-fast-calls" => {
-                a.fail_fast_calls = value()?.parse().map_err(|e| format!("--fail-fast-calls: {e}"))?
+                a.fail_fast_calls = value()?
+                    .parse()
+                    .map_err(|e| format!("--fail-fast-calls: {e}"))?
             }
             "--json" => a.json = true,
             other => return Err(format!("unknown option {other}")),
@@ -96,7 +101,11 @@ async fn bench(args: Args) -> i32 {
     cfg.health.probe_interval = Duration::ZERO;
     cfg.driver.zombie_cap = cfg.driver.max_in_flight;
     let setup = Deadline::after(Duration::from_secs(10));
-    let disk = match LocalDisk::builder(fs.mountpoint()).config(cfg).open(setup).await {
+    let disk = match LocalDisk::builder(fs.mountpoint())
+        .config(cfg)
+        .open(setup)
+        .await
+    {
         Ok(d) => Arc::new(d),
         Err(e) => {
             eprintln!("deadline-bench: open: {e}");
@@ -158,7 +167,9 @@ async fn bench(args: Args) -> i32 {
     let mut fast = Latencies::new();
     for _ in 0..args.fail_fast_calls {
         let t0 = Instant::now();
-        let r = disk.read_all("bench", "meta", Deadline::after(args.deadline)).await;
+        let r = disk
+            .read_all("bench", "meta", Deadline::after(args.deadline))
+            .await;
         fast.record(t0.elapsed());
         if !matches!(r, Err(DiskError::Faulty { .. })) {
             unexpected += 1;
@@ -189,7 +200,9 @@ async fn bench(args: Args) -> i32 {
         println!("{}", overshoot.line("  ε (return − deadline)"));
         println!("fail-fast on a Faulty disk:");
         println!("{}", fast.line("  call latency"));
-        println!("zombies when the hang ended: {zombies}; calls with an unexpected result: {unexpected}");
+        println!(
+            "zombies when the hang ended: {zombies}; calls with an unexpected result: {unexpected}"
+        );
         println!("target: ε p100 ≤ 5 ms on an idle machine");
     }
     if unexpected > 0 {

@@ -88,7 +88,10 @@ async fn run(cmd: &Cmd, deadline: Deadline) -> Result<Value, DiskError> {
     // periodic probe runs behind its back.
     config.timeouts.probe = budget;
     config.health.probe_interval = Duration::ZERO;
-    let disk = LocalDisk::builder(dir).config(config).open(deadline).await?;
+    let disk = LocalDisk::builder(dir)
+        .config(config)
+        .open(deadline)
+        .await?;
     match cmd {
         Cmd::Format {
             set, index, force, ..
@@ -105,12 +108,15 @@ async fn run(cmd: &Cmd, deadline: Deadline) -> Result<Value, DiskError> {
             Ok(json!({ "info": info }))
         }
         Cmd::Probe { .. } => {
-            let took = tokio::time::timeout_at(tokio::time::Instant::from_std(deadline.instant()), disk.probe())
-                .await
-                .unwrap_or(Err(DiskError::DeadlineExceeded {
-                    op: disk_io::OpClass::Probe,
-                    waited: budget,
-                }))?;
+            let took = tokio::time::timeout_at(
+                tokio::time::Instant::from_std(deadline.instant()),
+                disk.probe(),
+            )
+            .await
+            .unwrap_or(Err(DiskError::DeadlineExceeded {
+                op: disk_io::OpClass::Probe,
+                waited: budget,
+            }))?;
             Ok(json!({ "probe_us": took.as_micros() as u64 }))
         }
     }

@@ -176,8 +176,9 @@ impl Driver {
             Ok(Err(e)) => return Err(io_err(e)),
             Err(_) => return Err(DiskError::ShutDown),
         }
-        let pool = pool::BlockingPool::start(name, cfg.blocking_threads, cfg.max_in_flight, stats.clone())
-            .map_err(io_err)?;
+        let pool =
+            pool::BlockingPool::start(name, cfg.blocking_threads, cfg.max_in_flight, stats.clone())
+                .map_err(io_err)?;
         Ok(Driver {
             shared: Arc::new(Shared {
                 tx,

@@ -659,7 +659,11 @@ mod tests {
 
     #[test]
     fn user_data_round_trips_and_never_collides_with_control() {
-        for &(tag, gen, idx) in &[(TAG_OP, 0, 0), (TAG_TIMEOUT, 5, 7), (TAG_OP, GEN_MASK as u32, u32::MAX)] {
+        for &(tag, gen, idx) in &[
+            (TAG_OP, 0, 0),
+            (TAG_TIMEOUT, 5, 7),
+            (TAG_OP, GEN_MASK as u32, u32::MAX),
+        ] {
             let ud = user_data(tag, gen, idx);
             assert_eq!(decode(ud), (tag, gen, idx));
             assert_ne!(ud >> TAG_SHIFT, TAG_CONTROL);

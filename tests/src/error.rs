@@ -1,0 +1,58 @@
+//! The one error type of the harness.
+
+use std::io;
+use std::process::ExitStatus;
+
+/// Everything that can go wrong while setting up or tearing down a fault-injection fixture.
+///
+/// The library never panics; tests decide what a failure means (usually `.expect(..)`).
+#[derive(Debug, thiserror::Error)]
+pub enum HarnessError {
+    /// The process lacks a privilege or device the fixture needs. Tests must fail loudly on
+    /// this instead of passing silently.
+    #[error("missing privilege: {what}; {hint}")]
+    Privilege {
+        /// What is missing (root, `/dev/fuse`, loop devices, a tool).
+        what: String,
+        /// How to obtain it.
+        hint: String,
+    },
+    /// Mounting or unmounting a file system failed.
+    #[error("mount error: {0}")]
+    Mount(#[source] io::Error),
+    /// An external command (`losetup`, `mkfs.ext4`) could not start or exited unsuccessfully.
+    #[error("`{cmd}` failed ({}): {stderr}", describe_status(.status))]
+    Command {
+        /// The command line, for the message.
+        cmd: String,
+        /// Its exit status; `None` when it could not be started at all.
+        status: Option<ExitStatus>,
+        /// What it printed on stderr (or why it could not start).
+        stderr: String,
+    },
+    /// Any other I/O error; the message names the operation and path.
+    #[error("I/O error: {0}")]
+    Io(#[from] io::Error),
+    /// Something did not finish within its bound.
+    #[error("timed out: {what}")]
+    Timeout {
+        /// What was being waited for.
+        what: String,
+    },
+}
+
+fn describe_status(status: &Option<ExitStatus>) -> String {
+    match status {
+        Some(status) => status.to_string(),
+        None => "could not start".to_owned(),
+    }
+}
+
+/// Wraps an I/O error with the operation that failed, keeping its kind (the raw OS error is
+/// folded into the message, which is what a test failure needs).
+pub(crate) fn io_context(what: impl std::fmt::Display, err: io::Error) -> HarnessError {
+    HarnessError::Io(io::Error::new(err.kind(), format!("{what}: {err}")))
+}
+
+/// Shorthand for results of this crate.
+pub type Result<T, E = HarnessError> = std::result::Result<T, E>;

@@ -1,0 +1,248 @@
+//! Loop devices and ext4 file systems on them.
+//!
+//! With the image file on a [`FaultFs`](crate::FaultFs) mount, every block request of the
+//! loop device becomes a FUSE request, so the FUSE switches turn into block-level faults:
+//! this machine has no device-mapper, null_blk or nbd to do that.
+
+use std::ffi::OsStr;
+use std::fs::{self, File};
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::mount::{MntFlags, MsFlags};
+
+use crate::cmd;
+use crate::error::{io_context, HarnessError, Result};
+use crate::faultfs::FaultControl;
+
+/// Bound for `losetup` invocations.
+const LOSETUP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bound for `mkfs.ext4`; it writes every inode table through FUSE.
+const MKFS_TIMEOUT: Duration = Duration::from_secs(120);
+/// Bound for the ext4 mount and unmount syscalls.
+const MOUNT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// An attached loop device, detached on drop.
+#[derive(Debug)]
+pub struct LoopDevice {
+    path: PathBuf,
+    major: u32,
+    minor: u32,
+    attached: bool,
+}
+
+impl LoopDevice {
+    /// Attaches `image` to a free loop device (`losetup --find --show`), with the loop
+    /// driver's direct I/O on if `direct_io` (so the loop device adds no page cache of its
+    /// own; check [`direct_io`](Self::direct_io) for what the kernel accepted).
+    pub fn attach(image: &Path, direct_io: bool) -> Result<LoopDevice> {
+        let mut args = vec![OsStr::new("--find"), OsStr::new("--show")];
+        if direct_io {
+            args.push(OsStr::new("--direct-io=on"));
+        }
+        args.push(image.as_os_str());
+        let stdout = cmd::run("losetup", &args, LOSETUP_TIMEOUT)?;
+        let path = PathBuf::from(stdout.trim());
+        // From here on the device is ours: dropping `device` detaches it on any error.
+        let mut device = LoopDevice {
+            path,
+            major: 0,
+            minor: 0,
+            attached: true,
+        };
+        let md = fs::metadata(&device.path)
+            .map_err(|e| io_context(format!("stat {}", device.path.display()), e))?;
+        if !md.file_type().is_block_device() {
+            return Err(HarnessError::Command {
+                cmd: "losetup --find --show".into(),
+                status: None,
+                stderr: format!("printed {:?}, not a block device", device.path),
+            });
+        }
+        let rdev = md.rdev();
+        device.major = u32::try_from(nix::sys::stat::major(rdev)).unwrap_or(u32::MAX);
+        device.minor = u32::try_from(nix::sys::stat::minor(rdev)).unwrap_or(u32::MAX);
+        Ok(device)
+    }
+
+    /// The device node, e.g. `/dev/loop3`.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The device's `(major, minor)` numbers (what block-layer probes key on).
+    pub fn major_minor(&self) -> (u32, u32) {
+        (self.major, self.minor)
+    }
+
+    /// Whether the loop driver does direct I/O on the backing file (from sysfs).
+    pub fn direct_io(&self) -> Result<bool> {
+        let name = self.path.file_name().unwrap_or_default();
+        let sysfs = Path::new("/sys/block").join(name).join("loop/dio");
+        let text = fs::read_to_string(&sysfs)
+            .map_err(|e| io_context(format!("reading {}", sysfs.display()), e))?;
+        Ok(text.trim() == "1")
+    }
+
+    /// Detaches the device (`losetup -d`). A device still in use is marked to detach
+    /// automatically once its last user closes it.
+    pub fn detach(mut self) -> Result<()> {
+        self.detach_inner()
+    }
+
+    fn detach_inner(&mut self) -> Result<()> {
+        if !self.attached {
+            return Ok(());
+        }
+        self.attached = false;
+        cmd::run(
+            "losetup",
+            &[OsStr::new("-d"), self.path.as_os_str()],
+            LOSETUP_TIMEOUT,
+        )
+        .map(drop)
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        if let Err(e) = self.detach_inner() {
+            tracing::warn!(device = %self.path.display(), error = %e, "loop detach");
+        }
+    }
+}
+
+/// An ext4 file system on a loop device over an image file, mounted; unmounted and
+/// detached on drop.
+///
+/// Put the image on a [`FaultFs`](crate::FaultFs) mount to stall or fail the block device,
+/// and hand its control to [`with_fault_control`](Self::with_fault_control) so teardown can
+/// release a hang before unmounting (an ext4 unmount over a hung device would never end).
+#[derive(Debug)]
+pub struct Ext4OnLoop {
+    mount_dir: PathBuf,
+    mounted: bool,
+    control: Option<FaultControl>,
+    // Declared last: dropped after the unmount in `Drop::drop`.
+    device: LoopDevice,
+}
+
+impl Ext4OnLoop {
+    /// Creates a sparse image of `size_bytes` at `image` (replacing any file there),
+    /// attaches it with direct I/O, formats it ext4 (inode tables and journal initialised
+    /// up front, so no background writer runs later) and mounts it at `mount_dir`
+    /// (created if missing).
+    pub fn create(image: &Path, size_bytes: u64, mount_dir: &Path) -> Result<Ext4OnLoop> {
+        let file = File::create(image)
+            .map_err(|e| io_context(format!("creating image {}", image.display()), e))?;
+        file.set_len(size_bytes)
+            .map_err(|e| io_context(format!("sizing image {}", image.display()), e))?;
+        drop(file);
+
+        let device = LoopDevice::attach(image, true)?;
+        let dev = device.path().to_path_buf();
+        cmd::run(
+            "mkfs.ext4",
+            &[
+                OsStr::new("-q"),
+                OsStr::new("-F"),
+                OsStr::new("-E"),
+                OsStr::new("lazy_itable_init=0,lazy_journal_init=0,nodiscard"),
+                dev.as_os_str(),
+            ],
+            MKFS_TIMEOUT,
+        )?;
+
+        fs::create_dir_all(mount_dir)
+            .map_err(|e| io_context(format!("mkdir {}", mount_dir.display()), e))?;
+        let mount_dir = mount_dir
+            .canonicalize()
+            .map_err(|e| io_context(format!("mount dir {}", mount_dir.display()), e))?;
+        let target = mount_dir.clone();
+        cmd::bounded("mounting ext4", MOUNT_TIMEOUT, move || {
+            nix::mount::mount(
+                Some(&dev),
+                &target,
+                Some("ext4"),
+                MsFlags::empty(),
+                None::<&str>,
+            )
+            .map_err(|e| {
+                HarnessError::Mount(std::io::Error::new(
+                    std::io::Error::from(e).kind(),
+                    format!("mounting {} at {}: {e}", dev.display(), target.display()),
+                ))
+            })
+        })?;
+        Ok(Ext4OnLoop {
+            mount_dir,
+            mounted: true,
+            control: None,
+            device,
+        })
+    }
+
+    /// Remembers the control of the [`FaultFs`](crate::FaultFs) holding the image, so that
+    /// drop resets its switches (releasing a hang) before unmounting.
+    pub fn with_fault_control(mut self, control: FaultControl) -> Ext4OnLoop {
+        self.control = Some(control);
+        self
+    }
+
+    /// Where the ext4 file system is mounted (canonical path).
+    pub fn mount_dir(&self) -> &Path {
+        &self.mount_dir
+    }
+
+    /// The loop device under the file system.
+    pub fn loop_device(&self) -> &LoopDevice {
+        &self.device
+    }
+
+    /// Unmounts the file system and detaches the loop device, reporting errors
+    /// (drop does the same silently).
+    pub fn unmount(mut self) -> Result<()> {
+        self.unmount_inner()?;
+        self.device.detach_inner()
+    }
+
+    fn unmount_inner(&mut self) -> Result<()> {
+        if !self.mounted {
+            return Ok(());
+        }
+        self.mounted = false;
+        if let Some(control) = &self.control {
+            control.reset();
+        }
+        let target = self.mount_dir.clone();
+        let strict = cmd::bounded("unmounting ext4", MOUNT_TIMEOUT, move || {
+            nix::mount::umount2(&target, MntFlags::empty())
+                .map_err(|e| HarnessError::Mount(std::io::Error::from(e)))
+        });
+        if strict.is_ok() {
+            return Ok(());
+        }
+        // Busy (a test still holds a file open) or stuck: detach it so the loop device can
+        // be released once its users are gone.
+        let target = self.mount_dir.clone();
+        let lazy = cmd::bounded("lazily unmounting ext4", MOUNT_TIMEOUT, move || {
+            nix::mount::umount2(&target, MntFlags::MNT_DETACH)
+                .map_err(|e| HarnessError::Mount(std::io::Error::from(e)))
+        });
+        if let Err(e) = lazy {
+            tracing::warn!(dir = %self.mount_dir.display(), error = %e, "lazy unmount of ext4");
+        }
+        strict
+    }
+}
+
+impl Drop for Ext4OnLoop {
+    fn drop(&mut self) {
+        if let Err(e) = self.unmount_inner() {
+            tracing::warn!(dir = %self.mount_dir.display(), error = %e, "ext4 unmount");
+        }
+        // `self.device` is dropped (detached) right after this.
+    }
+}

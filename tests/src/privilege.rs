@@ -1,0 +1,103 @@
+//! Checks that fail loudly, naming what is missing, when a test lacks a privilege or device.
+//!
+//! Tests call these with `.expect(..)`: a fault-injection test that silently skips itself
+//! would look green while testing nothing.
+
+use std::fs::{self, OpenOptions};
+
+use crate::cmd::find_tool;
+use crate::error::{HarnessError, Result};
+
+/// `CAP_SYS_ADMIN` bit in the capability sets.
+const CAP_SYS_ADMIN: u32 = 21;
+
+fn missing(what: impl Into<String>, hint: impl Into<String>) -> HarnessError {
+    HarnessError::Privilege {
+        what: what.into(),
+        hint: hint.into(),
+    }
+}
+
+fn has_sys_admin() -> bool {
+    let Ok(status) = fs::read_to_string("/proc/self/status") else {
+        // Cannot tell; let the mount itself report the problem.
+        return true;
+    };
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .is_none_or(|caps| caps & (1 << CAP_SYS_ADMIN) != 0)
+}
+
+/// Requires an effective uid of 0 with `CAP_SYS_ADMIN` (mount, loop devices).
+pub fn require_root() -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err(missing(
+            "root (effective uid 0 with CAP_SYS_ADMIN)",
+            "this test mounts FUSE and ext4 file systems and attaches loop devices; \
+             run it as root, as CI does (e.g. `sudo -E cargo test`)",
+        ));
+    }
+    if !has_sys_admin() {
+        return Err(missing(
+            "CAP_SYS_ADMIN (running as root, but without it)",
+            "mounting needs CAP_SYS_ADMIN; run on the host or in a privileged container",
+        ));
+    }
+    Ok(())
+}
+
+/// Requires root and a usable `/dev/fuse`.
+pub fn require_fuse() -> Result<()> {
+    require_root()?;
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+        .map(drop)
+        .map_err(|e| {
+            missing(
+                format!("/dev/fuse cannot be opened ({e})"),
+                "this test mounts a FUSE file system; load the fuse module \
+                 (`modprobe fuse`) and run as root, as CI does",
+            )
+        })
+}
+
+/// Requires root, `/dev/loop-control` and the `losetup` tool.
+pub fn require_loop() -> Result<()> {
+    require_root()?;
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/loop-control")
+        .map(drop)
+        .map_err(|e| {
+            missing(
+                format!("/dev/loop-control cannot be opened ({e})"),
+                "this test attaches loop devices; load the loop module \
+                 (`modprobe loop`) and run as root, as CI does",
+            )
+        })?;
+    if find_tool("losetup").is_none() {
+        return Err(missing(
+            "the `losetup` tool",
+            "install util-linux (`apt-get install util-linux`)",
+        ));
+    }
+    Ok(())
+}
+
+/// Requires everything an [`Ext4OnLoop`](crate::Ext4OnLoop) needs: loop devices and
+/// `mkfs.ext4`.
+pub fn require_ext4_on_loop() -> Result<()> {
+    require_loop()?;
+    if find_tool("mkfs.ext4").is_none() {
+        return Err(missing(
+            "the `mkfs.ext4` tool",
+            "install e2fsprogs (`apt-get install e2fsprogs`)",
+        ));
+    }
+    Ok(())
+}
