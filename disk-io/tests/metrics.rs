@@ -52,8 +52,10 @@ async fn operations_record_their_metrics() {
 
     let dir = tempfile::tempdir().expect("tempdir");
     let label = "metrics-test-disk";
-    let mut cfg = DiskConfig::default();
-    cfg.disk_id_cache_ttl = Duration::ZERO;
+    let cfg = DiskConfig {
+        disk_id_cache_ttl: Duration::ZERO,
+        ..Default::default()
+    };
     let disk = LocalDisk::builder(dir.path())
         .label(label)
         .config(cfg)
