@@ -853,30 +853,21 @@ impl Inner {
         Ok(f.disk)
     }
 
-    /// Write, read back and delete a small file; fdatasync makes sure the
-    /// device itself is touched, not just the page cache.
+    /// Write, read back and delete a small file.
     async fn probe(&self) -> Result<()> {
         let class = OpClass::Probe;
         let deadline = self.cfg.deadline(class);
         let started = Instant::now();
         let rel = RelPath::system(&format!("tmp/probe-{}", uuid::Uuid::new_v4()));
         let pattern: Vec<u8> = (0..PROBE_SIZE).map(|i| (i * 31 + 7) as u8).collect();
-        let mut created = false;
+        // The probe goes through the same atomic write path callers use (tmp
+        // file, write, fsync, rename, directory fsync), so it touches the
+        // device itself, not just the page cache.
+        let mut written = false;
         let r = tokio::time::timeout_at(deadline.tokio(), async {
-            let file = self
-                .open(
-                    &rel,
-                    libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC,
-                    0o644,
-                    class,
-                    deadline,
-                )
+            self.atomic_write(&rel, None, &pattern, class, deadline)
                 .await?;
-            created = true;
-            self.write_fd(file.fd, IoBuf::Vec(pattern.clone()), 0, class, deadline)
-                .await?;
-            self.fsync(file.fd, true, class, deadline).await?;
-            file.close(class, deadline).await?;
+            written = true;
             let (back, _) = self.read_small(&rel, class, deadline).await?;
             self.unlink(&rel, 0, class, deadline).await?;
             if back != pattern {
@@ -894,7 +885,7 @@ impl Inner {
                 waited: started.elapsed(),
             })
         });
-        if r.is_err() && created {
+        if r.is_err() && written {
             self.spawn_unlink(rel);
         }
         crate::metrics::probe(&self.label, r.is_ok());

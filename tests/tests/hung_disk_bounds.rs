@@ -5,8 +5,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use disk_io::{Deadline, Disk, DiskConfig, DiskError, LocalDisk};
-use disk_io_harness::{privilege, FaultFs};
+use disk_io::{Deadline, Disk, DiskError};
+
+mod common;
+use common::{fuse_disk, never_trip};
 
 fn thread_count() -> usize {
     std::fs::read_dir("/proc/self/task")
@@ -27,30 +29,16 @@ fn rss_bytes() -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_calls_on_a_hung_disk_stay_bounded() {
-    privilege::require_root().expect("this test mounts FUSE");
-    privilege::require_fuse().expect("this test mounts FUSE");
-    let mut cfg = DiskConfig::default();
-    cfg.health.faulty_after_misses = u32::MAX;
-    cfg.health.probe_interval = Duration::ZERO;
+    let mut cfg = never_trip();
     cfg.driver.max_in_flight = 16;
     cfg.driver.zombie_cap = 16;
     cfg.driver.iowq_bounded_workers = 4;
     cfg.driver.iowq_unbounded_workers = 2;
     cfg.driver.blocking_threads = 2;
     let limits = cfg.driver.clone();
-    let (_scratch, fs) = FaultFs::mount_scratch().expect("mount faultfs");
-    let ctl = fs.control();
-    let setup = Deadline::after(Duration::from_secs(10));
-    let disk = LocalDisk::builder(fs.mountpoint())
-        .config(cfg)
-        .open(setup)
-        .await
-        .expect("open disk on faultfs");
-    disk.make_vol("v", setup).await.expect("make_vol");
-    disk.write_all("v", "meta", b"old", setup)
-        .await
-        .expect("write_all");
-    let disk = Arc::new(disk);
+    let fx = fuse_disk(cfg).await;
+    let ctl = fx.ctl.clone();
+    let disk = Arc::new(fx.disk.clone());
     let threads_before = thread_count();
     let rss_before = rss_bytes();
     ctl.hang();

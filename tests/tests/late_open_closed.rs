@@ -4,8 +4,10 @@
 
 use std::time::Duration;
 
-use disk_io::{Deadline, Disk, DiskConfig, DiskError, LocalDisk};
-use disk_io_harness::{privilege, FaultFs};
+use disk_io::{Deadline, Disk, DiskError};
+
+mod common;
+use common::{fuse_disk, never_trip, setup_deadline};
 
 fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd")
@@ -15,23 +17,9 @@ fn open_fds() -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn late_open_results_are_closed() {
-    privilege::require_root().expect("this test mounts FUSE");
-    privilege::require_fuse().expect("this test mounts FUSE");
-    let (_scratch, fs) = FaultFs::mount_scratch().expect("mount faultfs");
-    let ctl = fs.control();
-    let mut cfg = DiskConfig::default();
-    cfg.health.faulty_after_misses = u32::MAX;
-    cfg.health.probe_interval = Duration::ZERO;
-    let setup = Deadline::after(Duration::from_secs(10));
-    let disk = LocalDisk::builder(fs.mountpoint())
-        .config(cfg)
-        .open(setup)
-        .await
-        .expect("open");
-    disk.make_vol("v", setup).await.expect("make_vol");
-    disk.write_all("v", "f", b"data", setup)
-        .await
-        .expect("write");
+    let fx = fuse_disk(never_trip()).await;
+    let (disk, ctl) = (&fx.disk, &fx.ctl);
+    let setup = setup_deadline();
     // Let the background trash purge from open finish before counting.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let before = open_fds();
@@ -66,5 +54,8 @@ async fn late_open_results_are_closed() {
         open_fds(),
         stats.in_flight()
     );
-    assert_eq!(disk.read_all("v", "f", setup).await.expect("read"), b"data");
+    assert_eq!(
+        disk.read_all("v", "meta", setup).await.expect("read"),
+        b"old"
+    );
 }

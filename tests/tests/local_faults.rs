@@ -17,76 +17,16 @@ use disk_io::{
     CreateOptions, Deadline, DeleteOptions, Disk, DiskConfig, DiskError, HealthState, LocalDisk,
     Stall, StallSource,
 };
-use disk_io_harness::{privilege, FaultControl, FaultFs, ScratchDir};
+use disk_io_harness::{privilege, FaultFs};
+
+mod common;
+use common::{fuse_disk, need_fuse, never_trip, setup_deadline};
 
 /// How late a call may return after its deadline in these tests. The
 /// contract's ε is ~ms (bench-measured); this only has to survive CI load.
 const SLACK: Duration = Duration::from_millis(400);
 /// Budget given to each call on the hung disk.
 const SHORT: Duration = Duration::from_millis(300);
-
-fn need_fuse() {
-    privilege::require_root().expect("this test mounts FUSE");
-    privilege::require_fuse().expect("this test mounts FUSE");
-}
-
-fn setup_deadline() -> Deadline {
-    Deadline::after(Duration::from_secs(10))
-}
-
-/// A config whose health machine never trips, to observe raw deadline misses.
-fn never_trip() -> DiskConfig {
-    let mut c = DiskConfig::default();
-    c.health.faulty_after_misses = u32::MAX;
-    c.health.probe_interval = Duration::ZERO;
-    c.driver.zombie_cap = c.driver.max_in_flight;
-    c.disk_id_cache_ttl = Duration::ZERO;
-    c
-}
-
-struct Fixture {
-    disk: LocalDisk,
-    ctl: FaultControl,
-    // Field order matters: the disk goes first, then the mount, then the dirs.
-    _fs: FaultFs,
-    _scratch: ScratchDir,
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        // Never leave a hung mount behind, even when an assertion failed.
-        self.ctl.reset();
-    }
-}
-
-async fn fuse_disk(cfg: DiskConfig) -> Fixture {
-    need_fuse();
-    let (scratch, fs) = FaultFs::mount_scratch().expect("mount faultfs");
-    let ctl = fs.control();
-    let disk = LocalDisk::builder(fs.mountpoint())
-        .config(cfg)
-        .open(setup_deadline())
-        .await
-        .expect("open disk on faultfs");
-    disk.format(0, 1, false, setup_deadline())
-        .await
-        .expect("format");
-    disk.make_vol("v", setup_deadline())
-        .await
-        .expect("make_vol");
-    disk.write_all("v", "meta", b"old", setup_deadline())
-        .await
-        .expect("write_all");
-    disk.write_all("v", "d/inner", b"x", setup_deadline())
-        .await
-        .expect("write_all nested");
-    Fixture {
-        disk,
-        ctl,
-        _fs: fs,
-        _scratch: scratch,
-    }
-}
 
 /// Run `f` with a fresh `SHORT` deadline and check it misses it on time.
 async fn expect_deadline<T: std::fmt::Debug>(

@@ -66,34 +66,22 @@ fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
 }
 
-fn demo(rest: &[String]) -> Result<(), String> {
+/// `cargo run --release` of one target of a workspace package, passing
+/// `rest` through.
+fn cargo_run(package: &str, target: &[&str], rest: &[String]) -> Result<(), String> {
     run(cargo()
-        .args([
-            "run",
-            "--release",
-            "--quiet",
-            "-p",
-            "disk-io-harness",
-            "--example",
-            "demo",
-            "--",
-        ])
+        .args(["run", "--release", "--quiet", "-p", package])
+        .args(target)
+        .arg("--")
         .args(rest))
 }
 
+fn demo(rest: &[String]) -> Result<(), String> {
+    cargo_run("disk-io-harness", &["--example", "demo"], rest)
+}
+
 fn bench_deadline(rest: &[String]) -> Result<(), String> {
-    run(cargo()
-        .args([
-            "run",
-            "--release",
-            "--quiet",
-            "-p",
-            "disk-io-bench",
-            "--bin",
-            "deadline-bench",
-            "--",
-        ])
-        .args(rest))
+    cargo_run("disk-io-bench", &["--bin", "deadline-bench"], rest)
 }
 
 fn ci() -> Result<(), String> {
