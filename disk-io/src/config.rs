@@ -163,9 +163,12 @@ impl OpTimeouts {
     pub fn for_class(&self, op: OpClass) -> Duration {
         match op {
             OpClass::Open | OpClass::DiskId | OpClass::DiskInfo => self.disk_state,
-            OpClass::CreateFile | OpClass::Append | OpClass::Finish | OpClass::ReadFileAt => {
-                self.data
-            }
+            OpClass::CreateFile
+            | OpClass::Append
+            | OpClass::Finish
+            | OpClass::ReadFileAt
+            | OpClass::RawRead
+            | OpClass::RawWrite => self.data,
             OpClass::Probe => self.probe,
             _ => self.metadata,
         }

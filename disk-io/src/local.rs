@@ -299,6 +299,7 @@ impl FileFd {
                 None,
                 deadline,
                 self.permit.take(),
+                None,
             )
             .await?;
         check(class, done.res).map(|_| ())

@@ -46,11 +46,15 @@ pub enum OpClass {
     ListDir,
     /// The health machine's active probe (write, read, delete a small file).
     Probe,
+    /// A positional read through the raw driver API ([`crate::driver::Driver::read_at`]).
+    RawRead,
+    /// A positional write through the raw driver API.
+    RawWrite,
 }
 
 impl OpClass {
     /// All classes, for metric registration and tests.
-    pub const ALL: [OpClass; 19] = [
+    pub const ALL: [OpClass; 21] = [
         OpClass::Open,
         OpClass::Format,
         OpClass::DiskId,
@@ -70,6 +74,8 @@ impl OpClass {
         OpClass::Delete,
         OpClass::ListDir,
         OpClass::Probe,
+        OpClass::RawRead,
+        OpClass::RawWrite,
     ];
 
     /// Stable snake_case name (metrics label, span field, JSON).
@@ -94,6 +100,8 @@ impl OpClass {
             OpClass::Delete => "delete",
             OpClass::ListDir => "list_dir",
             OpClass::Probe => "probe",
+            OpClass::RawRead => "raw_read",
+            OpClass::RawWrite => "raw_write",
         }
     }
 }

@@ -4,6 +4,7 @@
 //! * `setup`  install whatever is missing (idempotent, fast when present)
 //! * `demo`   setup, then the README's main job: four disks, one hung mid-run
 //! * `ci`     setup, then fmt, clippy and every test (what `.ci/run` calls)
+//! * `bench`  the fio-style bench engine (engines side by side, `--vs-fio`, `--suite`)
 //! * `bench-deadline`  deadline overshoot and fail-fast latency (prints figures)
 
 use std::process::{Command, ExitCode};
@@ -23,6 +24,7 @@ fn main() -> ExitCode {
         "demo" => setup::ensure().and_then(|()| demo(rest)),
         "ci" => setup::ensure().and_then(|()| ci()),
         "bench-deadline" => setup::ensure().and_then(|()| bench_deadline(rest)),
+        "bench" => setup::ensure().and_then(|()| bench(rest)),
         "help" | "-h" | "--help" => {
             usage();
             Ok(())
@@ -44,6 +46,7 @@ fn usage() {
          \n  setup            install missing system packages and toolchain parts (idempotent)\
          \n  demo             setup, then run the demo: 4 disks, one hung mid-run, recovery\
          \n  ci               setup, then cargo fmt --check, clippy -D warnings, all tests\
+         \n  bench [fio-style options]  setup, then the fio-style bench engine (`cargo xtask bench --help`)\
          \n  bench-deadline   setup, then measure deadline overshoot and fail-fast latency"
     );
 }
@@ -78,6 +81,10 @@ fn cargo_run(package: &str, target: &[&str], rest: &[String]) -> Result<(), Stri
 
 fn demo(rest: &[String]) -> Result<(), String> {
     cargo_run("disk-io-harness", &["--example", "demo"], rest)
+}
+
+fn bench(rest: &[String]) -> Result<(), String> {
+    cargo_run("disk-io-bench", &["--bin", "diskbench"], rest)
 }
 
 fn bench_deadline(rest: &[String]) -> Result<(), String> {

@@ -26,6 +26,11 @@ const TOOLS: &[Tool] = &[
         why: "loop devices",
     },
     Tool {
+        command: "fio",
+        package: "fio",
+        why: "the reference engine `cargo xtask bench --vs-fio` compares against",
+    },
+    Tool {
         command: "mkfifo",
         package: "coreutils",
         why: "FIFO format-file test",

@@ -19,11 +19,13 @@
 
 pub mod buf;
 pub(crate) mod ops;
+
+pub use buf::{AlignedBuf, IoBuf};
 pub(crate) mod pool;
 pub(crate) mod ring;
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -72,12 +74,22 @@ impl DriverStats {
 struct Shared {
     tx: Sender<Msg>,
     wake: Arc<OwnedFd>,
+    parked: Arc<AtomicBool>,
     inflight: Arc<Semaphore>,
     files: Arc<Semaphore>,
     stats: Arc<DriverStats>,
     next_op_id: AtomicU64,
     pool: pool::BlockingPool,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Shared {
+    /// Wake the ring thread if it sleeps (see `RingParams::parked`).
+    fn nudge(&self) {
+        if self.parked.swap(false, Ordering::SeqCst) {
+            wake(&self.wake);
+        }
+    }
 }
 
 impl Drop for Shared {
@@ -140,11 +152,13 @@ impl Driver {
         // in-flight permit, one close per file permit, and a shutdown.
         let (tx, rx) = crossbeam_channel::bounded(2 * cfg.max_in_flight + cfg.max_open_files + 4);
         let stats = Arc::new(DriverStats::default());
+        let parked = Arc::new(AtomicBool::new(false));
         let (init_tx, init_rx) = std::sync::mpsc::sync_channel(1);
         let thread = {
             let name = name.to_string();
             let wake_fd = wake_fd.clone();
             let stats = stats.clone();
+            let parked = parked.clone();
             let entries = cfg.ring_entries;
             let iowq = [cfg.iowq_bounded_workers, cfg.iowq_unbounded_workers];
             std::thread::Builder::new()
@@ -152,6 +166,7 @@ impl Driver {
                 .spawn(move || {
                     match RingThread::new(RingParams {
                         name,
+                        parked,
                         entries,
                         table_capacity,
                         iowq_max: iowq,
@@ -183,6 +198,7 @@ impl Driver {
             shared: Arc::new(Shared {
                 tx,
                 wake: wake_fd,
+                parked,
                 inflight: Arc::new(Semaphore::new(cfg.max_in_flight)),
                 files: Arc::new(Semaphore::new(cfg.max_open_files)),
                 stats,
@@ -239,7 +255,7 @@ impl Driver {
         deadline: Deadline,
         file_permit: Option<OwnedSemaphorePermit>,
     ) -> Result<Done, DiskError> {
-        self.run_with(class, op, Some(deadline), deadline, file_permit)
+        self.run_with(class, op, Some(deadline), deadline, file_permit, None)
             .await
     }
 
@@ -253,6 +269,7 @@ impl Driver {
         kernel_deadline: Option<Deadline>,
         wait_until: Deadline,
         file_permit: Option<OwnedSemaphorePermit>,
+        keep: Option<Arc<OwnedFd>>,
     ) -> Result<Done, DiskError> {
         let started = Instant::now();
         let timed_out = || DiskError::DeadlineExceeded {
@@ -274,6 +291,7 @@ impl Driver {
             inflight_permit: Some(permit),
             cancellable: !op_is_close,
             file_permit,
+            keep,
         };
         self.send(Msg::Submit(sub))?;
         let guard = CancelGuard {
@@ -318,7 +336,7 @@ impl Driver {
     fn send(&self, msg: Msg) -> Result<(), DiskError> {
         match self.shared.tx.try_send(msg) {
             Ok(()) => {
-                wake(&self.shared.wake);
+                self.shared.nudge();
                 Ok(())
             }
             // Full cannot happen (the channel is sized for every permit);
@@ -340,6 +358,7 @@ impl Driver {
             inflight_permit: None,
             file_permit,
             cancellable: false,
+            keep: None,
         };
         if self.shared.tx.try_send(Msg::Submit(sub)).is_err() {
             // Ring gone: nothing can hang any more on this fd's device that
@@ -348,7 +367,7 @@ impl Driver {
             unsafe { libc::close(fd) };
             return;
         }
-        wake(&self.shared.wake);
+        self.shared.nudge();
     }
 
     /// Run a blocking closure on this disk's pool under `deadline`, with the
@@ -372,6 +391,113 @@ impl Driver {
     }
 }
 
+/// Whether the kernel is told about an operation's deadline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KernelDeadline {
+    /// The normal mode: a linked timeout plus the ring thread's deadline
+    /// heap; the kernel stops work nobody waits for.
+    Enforced,
+    /// Neither: only the caller's own wait is bounded. Exists to price the
+    /// deadline machinery in benchmarks; an op that hangs in this mode holds
+    /// its permit until the device answers.
+    CallerOnly,
+}
+
+impl Driver {
+    /// Read up to `len` bytes at `offset` from a file the caller opened,
+    /// into `buf` (an [`IoBuf::Aligned`] for O_DIRECT files). Returns the
+    /// buffer with its valid length set to the bytes read (short at EOF).
+    ///
+    /// The driver keeps `file` open until the kernel is done with the op,
+    /// even if the caller leaves at its deadline. No health or metrics here:
+    /// this is the raw driver; [`crate::LocalDisk`] adds both.
+    pub async fn read_at(
+        &self,
+        file: &Arc<OwnedFd>,
+        buf: IoBuf,
+        len: usize,
+        offset: u64,
+        deadline: Deadline,
+        mode: KernelDeadline,
+    ) -> Result<IoBuf, DiskError> {
+        let class = OpClass::RawRead;
+        let len = u32::try_from(len.min(buf.capacity())).map_err(|_| DiskError::InvalidArgument {
+            reason: "a single read is limited to 4 GiB".into(),
+        })?;
+        let op = Op::Read {
+            fd: file.as_raw_fd(),
+            buf,
+            len,
+            offset,
+        };
+        match self.raw(class, op, file, deadline, mode).await? {
+            Op::Read { buf, .. } => Ok(buf),
+            _ => Err(DiskError::ShutDown),
+        }
+    }
+
+    /// Write all valid bytes of `buf` at `offset` (one kernel write; a short
+    /// write is returned as such). Returns the buffer and the bytes written.
+    pub async fn write_at(
+        &self,
+        file: &Arc<OwnedFd>,
+        buf: IoBuf,
+        offset: u64,
+        deadline: Deadline,
+        mode: KernelDeadline,
+    ) -> Result<(IoBuf, usize), DiskError> {
+        let class = OpClass::RawWrite;
+        if u32::try_from(buf.len()).is_err() {
+            return Err(DiskError::InvalidArgument {
+                reason: "a single write is limited to 4 GiB".into(),
+            });
+        }
+        let op = Op::Write {
+            fd: file.as_raw_fd(),
+            buf,
+            skip: 0,
+            offset,
+        };
+        let (res, op) = self.raw_res(class, op, file, deadline, mode).await?;
+        match op {
+            Op::Write { buf, .. } => Ok((buf, res as usize)),
+            _ => Err(DiskError::ShutDown),
+        }
+    }
+
+    async fn raw(
+        &self,
+        class: OpClass,
+        op: Op,
+        file: &Arc<OwnedFd>,
+        deadline: Deadline,
+        mode: KernelDeadline,
+    ) -> Result<Op, DiskError> {
+        self.raw_res(class, op, file, deadline, mode).await.map(|(_, op)| op)
+    }
+
+    async fn raw_res(
+        &self,
+        class: OpClass,
+        op: Op,
+        file: &Arc<OwnedFd>,
+        deadline: Deadline,
+        mode: KernelDeadline,
+    ) -> Result<(i32, Op), DiskError> {
+        let kernel = match mode {
+            KernelDeadline::Enforced => Some(deadline),
+            KernelDeadline::CallerOnly => None,
+        };
+        let done = self
+            .run_with(class, op, kernel, deadline, None, Some(file.clone()))
+            .await?;
+        if done.res < 0 {
+            return Err(DiskError::from_errno(class, -done.res));
+        }
+        Ok((done.res, done.op))
+    }
+}
+
 /// Sends `Cancel` for its op when dropped armed: the caller timed out or its
 /// future was dropped mid-flight.
 struct CancelGuard<'a> {
@@ -389,7 +515,7 @@ impl CancelGuard<'_> {
 impl Drop for CancelGuard<'_> {
     fn drop(&mut self) {
         if self.armed && self.shared.tx.try_send(Msg::Cancel(self.op_id)).is_ok() {
-            wake(&self.shared.wake);
+            self.shared.nudge();
         }
     }
 }

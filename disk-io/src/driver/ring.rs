@@ -13,7 +13,7 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -43,6 +43,10 @@ pub(crate) struct Submission {
     /// Whether a departing caller may have the op cancelled. Closes may
     /// not: a cancelled close leaves the fd open and leaked.
     pub cancellable: bool,
+    /// Keeps a caller's file open until the CQE, even if the caller drops
+    /// its handle after a timeout (io-wq resolves the fd when it runs the op,
+    /// which may be later than submission).
+    pub keep: Option<Arc<OwnedFd>>,
 }
 
 /// What a caller gets back.
@@ -100,6 +104,7 @@ struct Slot {
     _inflight_permit: Option<OwnedSemaphorePermit>,
     file_permit: Option<OwnedSemaphorePermit>,
     cancellable: bool,
+    _keep: Option<Arc<OwnedFd>>,
     op_done: bool,
     timeout_pending: bool,
     timer_fired: bool,
@@ -160,6 +165,9 @@ impl OpTable {
 /// What a ring thread is built from.
 pub(crate) struct RingParams {
     pub name: String,
+    /// Set by the ring thread while it sleeps in `io_uring_enter`; callers
+    /// write the eventfd only then, saving a syscall per op under load.
+    pub parked: Arc<AtomicBool>,
     /// SQ entries.
     pub entries: u32,
     /// Op table slots.
@@ -176,6 +184,7 @@ pub(crate) struct RingThread {
     ring: IoUring,
     rx: Receiver<Msg>,
     wake_fd: Arc<OwnedFd>,
+    parked: Arc<AtomicBool>,
     wake_buf: Box<u64>,
     table: OpTable,
     by_op_id: HashMap<u64, (u32, u32)>,
@@ -198,6 +207,7 @@ impl RingThread {
     pub(crate) fn new(p: RingParams) -> std::io::Result<RingThread> {
         let RingParams {
             name,
+            parked,
             entries,
             table_capacity,
             iowq_max,
@@ -216,6 +226,7 @@ impl RingThread {
             ring,
             rx,
             wake_fd,
+            parked,
             wake_buf: Box::new(0),
             table: OpTable::new(table_capacity),
             by_op_id: HashMap::with_capacity(table_capacity),
@@ -232,14 +243,21 @@ impl RingThread {
     pub(crate) fn run(mut self) {
         self.arm_wake();
         loop {
-            let waited = match self.next_expiry() {
-                None => self.ring.submit_and_wait(1),
-                Some(wait) => {
+            // Announce the sleep, then look once more: a message sent before
+            // the flag was visible is seen here; one sent after it finds the
+            // flag set and writes the eventfd.
+            self.parked.store(true, Ordering::SeqCst);
+            let want = if self.rx.is_empty() { 1 } else { 0 };
+            let waited = match (want, self.next_expiry()) {
+                (0, _) => self.ring.submit(),
+                (_, None) => self.ring.submit_and_wait(1),
+                (_, Some(wait)) => {
                     let ts = types::Timespec::from(wait);
                     let args = types::SubmitArgs::new().timespec(&ts);
                     self.ring.submitter().submit_with_args(1, &args)
                 }
             };
+            self.parked.store(false, Ordering::SeqCst);
             match waited {
                 Ok(_) => {}
                 Err(e)
@@ -361,6 +379,7 @@ impl RingThread {
             inflight_permit,
             file_permit,
             cancellable,
+            keep,
         } = s;
         let remaining = deadline.map(|d| d.remaining());
         if remaining == Some(Duration::ZERO) {
@@ -385,6 +404,7 @@ impl RingThread {
             _inflight_permit: inflight_permit,
             file_permit,
             cancellable,
+            _keep: keep,
             op_done: false,
             timeout_pending: timespec.is_some(),
             timer_fired: false,
@@ -620,6 +640,7 @@ impl RingThread {
             _inflight_permit: None,
             file_permit: permit,
             cancellable: false,
+            _keep: None,
             op_done: false,
             timeout_pending: false,
             timer_fired: false,
@@ -682,6 +703,7 @@ mod tests {
             _inflight_permit: None,
             file_permit: None,
             cancellable: true,
+            _keep: None,
             op_done: false,
             timeout_pending: false,
             timer_fired: false,
