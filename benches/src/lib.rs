@@ -1,5 +1,20 @@
-//! Shared pieces of the benchmark binaries: latency summaries that print
-//! the same way everywhere.
+//! The fio-style bench engine behind `cargo xtask bench`, and the pieces
+//! the benchmark binaries share.
+//!
+//! * [`job`]: a job in fio's terms (`--rw --bs --iodepth --numjobs --size
+//!   --runtime --direct --filename --rwmixread`) and its validation.
+//! * [`engines`]: `uring`, `uring-nodeadline`, `psync`, `tokio-fs`.
+//! * [`report`]: fio-like text and JSON (fio's field names), side-by-side
+//!   comparison tables.
+//! * [`fio`]: runs fio on the same job and reads its JSON.
+//! * [`suite`]: the matrix of jobs over every engine and fio, with an SVG chart.
+
+pub mod engines;
+pub mod fio;
+pub mod job;
+pub mod report;
+pub mod suite;
+pub mod svg;
 
 use std::time::Duration;
 
@@ -45,6 +60,31 @@ impl Latencies {
     /// Largest sample.
     pub fn max(&self) -> Duration {
         Duration::from_nanos(self.hist.max())
+    }
+
+    /// Smallest sample (zero when empty).
+    pub fn min(&self) -> Duration {
+        if self.hist.is_empty() {
+            Duration::ZERO
+        } else {
+            Duration::from_nanos(self.hist.min())
+        }
+    }
+
+    /// Mean in nanoseconds.
+    pub fn mean_ns(&self) -> f64 {
+        self.hist.mean()
+    }
+
+    /// Standard deviation in nanoseconds.
+    pub fn stdev_ns(&self) -> f64 {
+        self.hist.stdev()
+    }
+
+    /// Add another histogram's samples.
+    pub fn merge(&mut self, other: &Latencies) {
+        // Same bounds on both sides, so adding cannot fail; saturate anyway.
+        let _ = self.hist.add(&other.hist);
     }
 
     /// p50, p99, p99.9 and max as a JSON object in microseconds.

@@ -7,6 +7,7 @@ use std::alloc::{self, Layout};
 use std::ptr::NonNull;
 
 /// A heap buffer, optionally aligned for O_DIRECT.
+#[derive(Debug)]
 pub enum IoBuf {
     /// An ordinary vector; its length is the number of valid bytes.
     Vec(Vec<u8>),
@@ -72,7 +73,7 @@ impl IoBuf {
         match self {
             // SAFETY: the caller guarantees the bytes are initialised and in bounds.
             IoBuf::Vec(v) => unsafe { v.set_len(len) },
-            IoBuf::Aligned(a) => a.len = len.min(a.cap),
+            IoBuf::Aligned(a) => a.set_len(len),
         }
     }
 
@@ -97,6 +98,16 @@ pub struct AlignedBuf {
 unsafe impl Send for AlignedBuf {}
 // SAFETY: shared references only read the bytes.
 unsafe impl Sync for AlignedBuf {}
+
+impl std::fmt::Debug for AlignedBuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AlignedBuf")
+            .field("len", &self.len)
+            .field("cap", &self.cap)
+            .field("align", &self.align)
+            .finish()
+    }
+}
 
 impl AlignedBuf {
     /// A zeroed buffer of `cap` bytes aligned to `align`, or `None` when the
@@ -143,6 +154,19 @@ impl AlignedBuf {
         }
         self.len += n;
         n
+    }
+
+    /// Set the number of valid bytes (clamped to the capacity). Safe for
+    /// any length: the allocation is zeroed at creation, so every byte is
+    /// always initialised.
+    pub fn set_len(&mut self, len: usize) {
+        self.len = len.min(self.cap);
+    }
+
+    /// Valid bytes, mutable (e.g. to fill a write buffer in place).
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: ptr is valid for cap >= len initialised bytes, uniquely borrowed.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
     }
 
     /// Forget the valid bytes (keeps the allocation).
