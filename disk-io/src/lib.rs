@@ -16,6 +16,10 @@
 //!   table until its completion, with zombies counted and capped.
 //! * [`health`]: Online → Suspect → Faulty → Probing → Online, with fail
 //!   fast, active probes, backoff with jitter and a [`StallSource`] hook.
+//! * `stall_ebpf` (feature `ebpf-stall`): a [`StallSource`] reading the
+//!   block-request probes' pinned in-flight table, so a disk whose block
+//!   device has a request outstanding past a threshold turns Faulty before
+//!   any caller's deadline runs out.
 //!
 //! ```no_run
 //! use disk_io::{Deadline, Disk, LocalDisk};
@@ -40,6 +44,8 @@ pub mod metrics;
 pub mod op;
 mod path;
 pub mod stall;
+#[cfg(feature = "ebpf-stall")]
+pub mod stall_ebpf;
 
 pub use config::{DiskConfig, DriverConfig, HealthConfig, Limits, OpTimeouts};
 pub use deadline::Deadline;

@@ -101,3 +101,45 @@ pub fn require_ext4_on_loop() -> Result<()> {
     }
     Ok(())
 }
+
+/// `CAP_PERFMON` bit (Linux 5.8+).
+const CAP_PERFMON: u32 = 38;
+/// `CAP_BPF` bit (Linux 5.8+).
+const CAP_BPF: u32 = 39;
+
+/// Requires what loading the block-request probes needs: `CAP_BPF` and
+/// `CAP_PERFMON` (or `CAP_SYS_ADMIN`), the running kernel's BTF, and a
+/// `/sys/fs/bpf` to pin maps under.
+pub fn require_bpf() -> Result<()> {
+    let caps = fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("CapEff:"))
+                .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        });
+    if let Some(caps) = caps {
+        let has = |c: u32| caps & (1 << c) != 0;
+        if !(has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON))) {
+            return Err(missing(
+                "CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN)",
+                "this test loads eBPF programs on block tracepoints; run it as root, as CI does",
+            ));
+        }
+    }
+    if let Err(e) = fs::File::open("/sys/kernel/btf/vmlinux") {
+        return Err(missing(
+            format!("kernel BTF at /sys/kernel/btf/vmlinux ({e})"),
+            "the probes derive struct offsets from the running kernel's BTF; \
+             use a kernel built with CONFIG_DEBUG_INFO_BTF=y",
+        ));
+    }
+    if !std::path::Path::new("/sys/fs/bpf").is_dir() {
+        return Err(missing(
+            "/sys/fs/bpf",
+            "maps are pinned under bpffs; sysfs must be mounted on /sys",
+        ));
+    }
+    Ok(())
+}

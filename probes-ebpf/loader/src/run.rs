@@ -180,34 +180,7 @@ impl Scanner {
         let maps = self.probes.maps();
         let scan = maps.scan_inflight(system::monotonic_ns(), self.cfg.max_scan_entries);
         let names = &mut self.names;
-        for ev in self.tracker.update(&scan, &mut |d| names.name(d)) {
-            match &ev {
-                StallEvent::Started {
-                    device,
-                    oldest_age,
-                    op,
-                    bytes,
-                    in_flight,
-                    ..
-                } => tracing::warn!(
-                    device = %device,
-                    oldest_ms = oldest_age.as_millis() as u64,
-                    op = %op,
-                    bytes,
-                    in_flight,
-                    threshold_ms = self.tracker.threshold().as_millis() as u64,
-                    "stall started: request outstanding longer than the threshold"
-                ),
-                StallEvent::Ended { device, lasted, .. } => tracing::info!(
-                    device = %device,
-                    lasted_ms = lasted.as_millis() as u64,
-                    "stall ended"
-                ),
-            }
-            match self.events.try_send(ev) {
-                Ok(()) | Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {}
-            }
-        }
+        let events = self.tracker.update(&scan, &mut |d| names.name(d));
         let hists = maps.read_hists(self.cfg.max_hist_keys);
         let counters = maps.read_counters();
         let mut names = std::collections::BTreeMap::new();
@@ -235,7 +208,41 @@ impl Scanner {
             scan_duration: t0.elapsed(),
             inflight_capacity: self.cfg.probes.limits.inflight_entries,
         };
+        // Publish the snapshot first: whoever reacts to an event and then
+        // reads /metrics must see the state the event describes.
         *self.latest.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(snap);
+        for ev in events {
+            self.emit(ev);
+        }
+    }
+
+    fn emit(&self, ev: StallEvent) {
+        match &ev {
+            StallEvent::Started {
+                device,
+                oldest_age,
+                op,
+                bytes,
+                in_flight,
+                ..
+            } => tracing::warn!(
+                device = %device,
+                oldest_ms = oldest_age.as_millis() as u64,
+                op = %op,
+                bytes,
+                in_flight,
+                threshold_ms = self.tracker.threshold().as_millis() as u64,
+                "stall started: request outstanding longer than the threshold"
+            ),
+            StallEvent::Ended { device, lasted, .. } => tracing::info!(
+                device = %device,
+                lasted_ms = lasted.as_millis() as u64,
+                "stall ended"
+            ),
+        }
+        match self.events.try_send(ev) {
+            Ok(()) | Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {}
+        }
     }
 }
 

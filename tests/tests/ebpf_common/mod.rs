@@ -1,0 +1,138 @@
+//! Fixtures shared by the eBPF integration tests (`tests/ebpf_*.rs`):
+//! a loader with its own pin directory, traced devices limited to the
+//! test's own loop device (so parallel tests do not see each other's I/O),
+//! and promtool.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use disk_io_harness::privilege;
+use probes_ebpf_loader::{Loader, ProbeConfig, RunConfig};
+
+/// Bound for any single wait in these tests (a loaded 2-core machine).
+pub const BOUND: Duration = Duration::from_secs(20);
+
+pub fn need_bpf() {
+    privilege::require_root().expect("this test loads eBPF programs");
+    privilege::require_bpf().expect("this test loads eBPF programs");
+}
+
+/// A pin directory no other test (or a production loader) uses.
+pub fn unique_pin_dir() -> PathBuf {
+    static N: AtomicU32 = AtomicU32::new(0);
+    PathBuf::from(format!(
+        "/sys/fs/bpf/disk-io-test-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ))
+}
+
+/// Starts a loader tracing only `device`, serving /metrics on a free port.
+pub fn start_loader(device: &str, threshold: Duration, interval: Duration) -> Loader {
+    let cfg = RunConfig {
+        probes: ProbeConfig {
+            pin_dir: unique_pin_dir(),
+            devices: vec![device.to_owned()],
+            ..ProbeConfig::default()
+        },
+        stall_threshold: threshold,
+        scan_interval: interval,
+        listen: Some("127.0.0.1:0".parse().expect("addr")),
+        ..RunConfig::default()
+    };
+    Loader::start(cfg).expect("start the probe loader")
+}
+
+/// GET /metrics from the loader.
+pub fn scrape(loader: &Loader) -> String {
+    let addr = loader.metrics_addr().expect("metrics address");
+    let (code, body) = probes_ebpf_loader::http::get(addr, "/metrics", Duration::from_secs(5))
+        .expect("GET /metrics");
+    assert_eq!(code, 200, "{body}");
+    body
+}
+
+/// `promtool check metrics` on `text`; `Err` with promtool's output.
+pub fn promtool_check(text: &str) -> Result<(), String> {
+    let promtool = ["/usr/bin/promtool", "/usr/local/bin/promtool"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).is_file())
+        .ok_or(
+            "promtool not found: install the Debian package `prometheus` (cargo xtask setup does)",
+        )?;
+    let mut child = Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("starting promtool: {e}"))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(text.as_bytes())
+            .map_err(|e| format!("writing to promtool: {e}"))?;
+    }
+    let deadline = Instant::now() + BOUND;
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            _ => {
+                let _ = child.kill();
+                return Err("promtool did not finish".into());
+            }
+        }
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("promtool: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "promtool check metrics failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// The value of the series `name{labels}` (exact label text) in `text`.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+/// Device name of a loop device path (`/dev/loop3` → `loop3`).
+pub fn dev_name(path: &std::path::Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .expect("device name")
+}
+
+/// A 4 KiB-aligned 4 KiB buffer for O_DIRECT.
+#[repr(C, align(4096))]
+pub struct Block(pub [u8; 4096]);
+
+/// Opens `path` with O_DIRECT for reading and writing.
+pub fn open_direct(path: &std::path::Path, create: bool) -> std::fs::File {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(create)
+        .truncate(false)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+        .unwrap_or_else(|e| panic!("open {} with O_DIRECT: {e}", path.display()))
+}
