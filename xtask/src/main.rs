@@ -6,10 +6,13 @@
 //! * `ci`     setup, then fmt, clippy and every test (what `.ci/run` calls)
 //! * `bench`  the fio-style bench engine (engines side by side, `--vs-fio`, `--suite`)
 //! * `bench-deadline`  deadline overshoot and fail-fast latency (prints figures)
+//! * `build-ebpf`  setup, then build the eBPF probes from source (`ebpf.rs`)
+//! * `bench-probes`  fio 4 KiB randread with and without the probes (prints the ratio)
 
 use std::process::{Command, ExitCode};
 use std::time::Instant;
 
+mod ebpf;
 mod setup;
 
 fn main() -> ExitCode {
@@ -25,6 +28,9 @@ fn main() -> ExitCode {
         "ci" => setup::ensure().and_then(|()| ci()),
         "bench-deadline" => setup::ensure().and_then(|()| bench_deadline(rest)),
         "bench" => setup::ensure().and_then(|()| bench(rest)),
+        "build-ebpf" => setup::ensure().and_then(|()| ebpf::build(rest)),
+        "bench-probes" => setup::ensure()
+            .and_then(|()| cargo_run("probes-ebpf-loader", &["--example", "bench-probes"], rest)),
         "help" | "-h" | "--help" => {
             usage();
             Ok(())
@@ -47,7 +53,9 @@ fn usage() {
          \n  demo             setup, then run the demo: 4 disks, one hung mid-run, recovery\
          \n  ci               setup, then cargo fmt --check, clippy -D warnings, all tests\
          \n  bench [fio-style options]  setup, then the fio-style bench engine (`cargo xtask bench --help`)\
-         \n  bench-deadline   setup, then measure deadline overshoot and fail-fast latency"
+         \n  bench-deadline   setup, then measure deadline overshoot and fail-fast latency\
+         \n  build-ebpf       setup (incl. nightly rust-src, bpf-linker), then build the eBPF probes from source\
+         \n  bench-probes     setup, then fio 4 KiB randread QD32 with and without the probes (ratio)"
     );
 }
 

@@ -1,7 +1,8 @@
 //! `cargo xtask setup`: install what this project needs on a fresh machine,
-//! idempotently. Each requirement is checked first (a command answering, a
-//! rustup component listed); only what is missing is installed, so a
-//! second run takes well under a second.
+//! idempotently (the eBPF toolchain part lives in `ebpf.rs`). Each
+//! requirement is checked first (a command answering, a rustup component
+//! listed); only what is missing is installed, so a second run takes well
+//! under a second.
 
 use std::process::{Command, Stdio};
 
@@ -31,6 +32,11 @@ const TOOLS: &[Tool] = &[
         why: "the reference engine `cargo xtask bench --vs-fio` compares against",
     },
     Tool {
+        command: "promtool",
+        package: "prometheus",
+        why: "`promtool check metrics` on the probe loader's /metrics (tests)",
+    },
+    Tool {
         command: "mkfifo",
         package: "coreutils",
         why: "FIFO format-file test",
@@ -47,7 +53,7 @@ fn answers(command: &str) -> bool {
         .unwrap_or(false)
 }
 
-fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
         .output()
@@ -89,5 +95,7 @@ pub(crate) fn ensure() -> Result<(), String> {
             sh(Command::new("rustup").args(["component", "add", component]))?;
         }
     }
-    Ok(())
+    // Nightly rust-src and bpf-linker for the eBPF probes, built from
+    // source by the loader's build script.
+    crate::ebpf::ensure()
 }
