@@ -73,7 +73,7 @@ fn metrics_pass_promtool_and_name_the_device() {
         ("diskio_block_stall_threshold_seconds", String::new()),
         (
             "diskio_probe_events_total",
-            "{event=\"completed\"}".to_owned(),
+            "{event=\"untracked\"}".to_owned(),
         ),
         ("diskio_probe_inflight_capacity", String::new()),
     ] {

@@ -211,35 +211,31 @@ pub fn slot_upper_ns(slot: usize) -> Option<u64> {
     (slot + 1 < HIST_SLOTS).then(|| 1u64 << (slot + 1))
 }
 
-/// Program-wide event counters (indices into the `COUNTERS` array).
+/// Program-wide event counters (indices into the `COUNTERS` array). Only
+/// the unusual events: counting every request here would add a map access
+/// per request, and completions are counted per device in `HIST`.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Counter {
-    /// Requests issued and recorded in the in-flight table.
-    Issued = 0,
-    /// Completions matched with an in-flight entry.
-    Completed = 1,
     /// Completions with no in-flight entry (issued before the probes were
     /// attached, or evicted).
-    Untracked = 2,
+    Untracked = 0,
     /// Requests sent back to the queue (their entry is dropped; the next
     /// issue starts a new one).
-    Requeued = 3,
+    Requeued = 1,
     /// In-flight insertions that failed.
-    InflightInsertFailed = 4,
+    InflightInsertFailed = 2,
     /// Histogram insertions that failed (the `HIST` map is full).
-    HistFull = 5,
+    HistFull = 3,
     /// Kernel memory reads that failed (bad offsets).
-    ReadFailed = 6,
+    ReadFailed = 4,
     /// Partial completions (the request stays in flight).
-    Partial = 7,
+    Partial = 5,
 }
 
 impl Counter {
     /// Every counter, in index order.
-    pub const ALL: [Counter; 8] = [
-        Counter::Issued,
-        Counter::Completed,
+    pub const ALL: [Counter; 6] = [
         Counter::Untracked,
         Counter::Requeued,
         Counter::InflightInsertFailed,
@@ -248,13 +244,11 @@ impl Counter {
         Counter::Partial,
     ];
     /// Number of counters (entries of the `COUNTERS` array).
-    pub const COUNT: u32 = 8;
+    pub const COUNT: u32 = 6;
 
     /// Label used in metrics and `status`.
     pub fn name(self) -> &'static str {
         match self {
-            Counter::Issued => "issued",
-            Counter::Completed => "completed",
             Counter::Untracked => "untracked",
             Counter::Requeued => "requeued",
             Counter::InflightInsertFailed => "inflight_insert_failed",

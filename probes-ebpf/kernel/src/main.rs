@@ -50,7 +50,7 @@ static OFFSETS: Global<Offsets> = Global::new(Offsets {
 /// Request address → in-flight request. LRU so a completion the probes
 /// never see (a request freed without completing) cannot fill the table.
 #[map(name = "INFLIGHT")]
-static INFLIGHT: LruHashMap<u64, Inflight> = LruHashMap::with_max_entries(16384, 0);
+static INFLIGHT: LruHashMap<u64, Inflight> = LruHashMap::with_max_entries(16384, 2);
 
 /// (device, op) → latency histogram, per CPU (no atomics on the hot path).
 #[map(name = "HIST")]
@@ -96,14 +96,13 @@ fn read<T>(addr: u64) -> Option<T> {
     }
 }
 
-/// Whole-disk device number of a request: `rq->q->disk` (or `rq->rq_disk`
+/// Whole-disk device number of a request: `q->disk` (or `rq->rq_disk`
 /// on old kernels), then `MKDEV(disk->major, disk->first_minor)`.
 #[inline(always)]
-fn request_dev(rq: u64, off: &Offsets) -> Option<u32> {
+fn request_dev(rq: u64, q: u64, off: &Offsets) -> Option<u32> {
     let disk: u64 = if off.flags & FLAG_RQ_DISK != 0 {
         read(rq + off.rq_disk as u64)?
     } else {
-        let q: u64 = read(rq + off.rq_q as u64)?;
         if q == 0 {
             return None;
         }
@@ -113,9 +112,46 @@ fn request_dev(rq: u64, off: &Offsets) -> Option<u32> {
         // Requests without a disk (e.g. some passthrough commands).
         return None;
     }
-    let major: u32 = read(disk + off.disk_major as u64)?;
-    let minor: u32 = read(disk + off.disk_first_minor as u64)?;
+    // One read instead of two when the fields are adjacent (they are:
+    // `int major; int first_minor;`); every helper call counts at ~100k
+    // requests per second.
+    let (major, minor) = if off.disk_first_minor == off.disk_major + 4 {
+        let pair: [u32; 2] = read(disk + off.disk_major as u64)?;
+        (pair[0], pair[1])
+    } else {
+        (
+            read(disk + off.disk_major as u64)?,
+            read(disk + off.disk_first_minor as u64)?,
+        )
+    };
     Some(dev::make(major, minor))
+}
+
+/// Size of the window [`rq_fields`] reads in one go.
+const WINDOW_WORDS: usize = 16;
+
+/// `q`, `cmd_flags` and `__data_len` of a request. On 6.18 they sit at 0,
+/// 24 and 44: one 64-byte read instead of three (each helper call costs
+/// ~60 ns, and this runs for every request). Falls back to three reads on
+/// a layout where they are further apart.
+#[inline(always)]
+fn rq_fields(rq: u64, off: &Offsets) -> Option<(u64, u32, u32)> {
+    let lo = off.rq_q.min(off.rq_cmd_flags).min(off.rq_data_len);
+    let hi = (off.rq_q + 8)
+        .max(off.rq_cmd_flags + 4)
+        .max(off.rq_data_len + 4);
+    let aligned = (off.rq_q | off.rq_cmd_flags | off.rq_data_len | lo) % 4 == 0;
+    if aligned && hi - lo <= (WINDOW_WORDS * 4) as u32 {
+        let w: [u32; WINDOW_WORDS] = read(rq + lo as u64)?;
+        let word = |o: u32| w.get(((o - lo) / 4) as usize).copied();
+        let q = u64::from(word(off.rq_q)?) | (u64::from(word(off.rq_q + 4)?) << 32);
+        return Some((q, word(off.rq_cmd_flags)?, word(off.rq_data_len)?));
+    }
+    Some((
+        read(rq + off.rq_q as u64)?,
+        read(rq + off.rq_cmd_flags as u64)?,
+        read(rq + off.rq_data_len as u64)?,
+    ))
 }
 
 fn on_issue(ctx: &RawTracePointContext) -> Option<()> {
@@ -124,13 +160,12 @@ fn on_issue(ctx: &RawTracePointContext) -> Option<()> {
         return None;
     }
     let rq: u64 = ctx.arg(0);
-    let dev = request_dev(rq, &off)?;
+    let (q, cmd_flags, bytes) = rq_fields(rq, &off)?;
+    let dev = request_dev(rq, q, &off)?;
     // SAFETY: a plain lookup; the value is not dereferenced.
     if off.flags & FLAG_FILTER != 0 && unsafe { DEV_FILTER.get(&dev) }.is_none() {
         return None;
     }
-    let cmd_flags: u32 = read(rq + off.rq_cmd_flags as u64)?;
-    let bytes: u32 = read(rq + off.rq_data_len as u64)?;
     let entry = Inflight {
         // SAFETY: no preconditions.
         issue_ns: unsafe { bpf_ktime_get_ns() },
@@ -139,9 +174,10 @@ fn on_issue(ctx: &RawTracePointContext) -> Option<()> {
         bytes,
         _pad: 0,
     };
-    if INFLIGHT.insert(&rq, &entry, 0).is_ok() {
-        bump(Counter::Issued);
-    } else {
+    // Only failures are counted here: a counter per request would cost a
+    // map lookup on the hot path, and completions are counted per device
+    // in `HIST` anyway.
+    if INFLIGHT.insert(&rq, &entry, 0).is_err() {
         bump(Counter::InflightInsertFailed);
     }
     Some(())
@@ -205,7 +241,6 @@ fn on_complete(ctx: &RawTracePointContext) -> Option<()> {
     if error != 0 {
         h.errors += 1;
     }
-    bump(Counter::Completed);
     Some(())
 }
 

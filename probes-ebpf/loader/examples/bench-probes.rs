@@ -113,12 +113,7 @@ fn with_probes(o: &Opts) -> Result<(f64, u64), String> {
     };
     let loader = Loader::start(cfg).map_err(|e| format!("attaching the probes: {e}"))?;
     let iops = fio(o, o.runtime);
-    let completed = loader
-        .snapshot()
-        .counters
-        .get("completed")
-        .copied()
-        .unwrap_or(0);
+    let completed = loader.snapshot().hists.values().map(|h| h.count).sum();
     loader.stop();
     Ok((iops?, completed))
 }

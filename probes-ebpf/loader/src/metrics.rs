@@ -195,7 +195,7 @@ pub fn render(snap: &Snapshot) -> String {
         &mut out,
         "diskio_probe_events_total",
         "counter",
-        "Events counted by the block probes (issued, completed, untracked, requeued, failures).",
+        "Unusual events seen by the block probes: untracked completions, requeues, partial completions, failures.",
     );
     for c in Counter::ALL {
         let v = snap.counters.get(c.name()).copied().unwrap_or(0);
