@@ -319,6 +319,8 @@ mod tests {
             filename: "/tmp/f".into(),
             rwmixread: 50,
             op_deadline: Duration::from_secs(1),
+            ring_spin: Duration::ZERO,
+            caller_spin: Duration::ZERO,
         };
         let v = fio_json(&spec, std::slice::from_ref(&s));
         let r = &v["jobs"][0]["read"];

@@ -61,6 +61,12 @@ struct Cli {
     /// Deadline of each operation for the `uring` engine.
     #[arg(long, default_value = "5s")]
     op_deadline: String,
+    /// uring engines: how long the ring thread polls before sleeping.
+    #[arg(long, default_value = "20us")]
+    ring_spin: String,
+    /// uring engines: how long a waiting caller stays runnable before parking.
+    #[arg(long, default_value = "50us")]
+    caller_spin: String,
     /// Also run fio with the same job on the same file and compare.
     #[arg(long)]
     vs_fio: bool,
@@ -110,6 +116,8 @@ fn spec_of(cli: &Cli) -> Result<JobSpec, BenchError> {
         filename: cli.filename.clone(),
         rwmixread: cli.rwmixread,
         op_deadline: parse_duration("op-deadline", &cli.op_deadline)?,
+        ring_spin: parse_duration("ring-spin", &cli.ring_spin)?,
+        caller_spin: parse_duration("caller-spin", &cli.caller_spin)?,
     };
     spec.validate()?;
     Ok(spec)
@@ -188,6 +196,8 @@ fn run(cli: &Cli) -> Result<(), BenchError> {
             with_fio: true,
             output: cli.output.clone(),
             op_deadline: parse_duration("op-deadline", &cli.op_deadline)?,
+            ring_spin: parse_duration("ring-spin", &cli.ring_spin)?,
+            caller_spin: parse_duration("caller-spin", &cli.caller_spin)?,
         };
         suite::run(&opts, Arc::new(Progress::default()))?;
         return Ok(());
