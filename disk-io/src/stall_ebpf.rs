@@ -15,8 +15,8 @@
 //! measured from the request's issue to the device driver
 //! (`block_rq_issue`) to now. It computes that age itself from the table,
 //! so its threshold is independent of the loader's `--stall-threshold`.
-//! The health monitor polls the source every [`HealthConfig::tick`]
-//! (crate::HealthConfig::tick) and scans are shared for
+//! The health monitor polls the source every
+//! [`HealthConfig::tick`](crate::HealthConfig::tick) and scans are shared for
 //! [`EbpfStallConfig::cache_ttl`], so a request that hangs at `t` turns the
 //! disk Faulty by `t + threshold + cache_ttl + tick` — well before a caller
 //! with a multi-second deadline gives up. Choose the threshold above the

@@ -2,7 +2,9 @@
 //! reads, O_DIRECT, io_uring, queue depth 32, on a file on the root disk,
 //! alternately without and with the probes attached (ABBA order over the
 //! rounds, so drift of the disk or the host cancels), in one run. Prints
-//! IOPS per run and the ratio with/without (target >= 0.97).
+//! IOPS per run and the ratio with/without (target >= 0.97). The headline
+//! is the median of the per-round ratios: on a shared VM one slow run of
+//! the host's disk moves a mean by more than the probes cost.
 //!
 //! Options: `--filename F` (default `target/bench-probes.dat`), `--size S`
 //! (fio size, default `1G`), `--runtime SECS` (per run, default 10),
@@ -185,9 +187,13 @@ fn bench() -> Result<(), String> {
             })
         );
     } else {
+        let rounds: Vec<String> = ratios.iter().map(|r| format!("{r:.3}")).collect();
         println!(
-            "probes on/off IOPS ratio: {ratio:.3} (median per round {median_ratio:.3}; target >= 0.97); \
-             without {:.0} IOPS, with {:.0} IOPS (means); probes counted {seen} completions in their last run",
+            "probes on/off IOPS ratio: {median_ratio:.3} (median of {} rounds; target >= 0.97); \
+             per round [{}]; ratio of sums {ratio:.3}; without {:.0} IOPS, with {:.0} IOPS (means); \
+             probes counted {seen} completions in their last run",
+            ratios.len(),
+            rounds.join(", "),
             sum(&without) / without.len() as f64,
             sum(&with) / with.len() as f64
         );
