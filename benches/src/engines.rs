@@ -376,8 +376,6 @@ fn run_uring(engine: Engine, ctxs: &[Arc<JobCtx>]) -> Result<Vec<SlotResult>, Be
                 max_in_flight: qd,
                 zombie_cap: qd,
                 ring_entries: ((2 * qd + 16) as u32).next_power_of_two(),
-                spin: ctx.spec.ring_spin,
-                caller_spin: ctx.spec.caller_spin,
                 ..DriverConfig::default()
             };
             let driver =

@@ -129,12 +129,6 @@ pub struct JobSpec {
     pub rwmixread: u8,
     /// Deadline of each operation for the engines that take one.
     pub op_deadline: Duration,
-    /// `uring` engines: the ring thread's poll before sleeping
-    /// (`DriverConfig::spin`).
-    pub ring_spin: Duration,
-    /// `uring` engines: a waiting caller's hot wait
-    /// (`DriverConfig::caller_spin`).
-    pub caller_spin: Duration,
 }
 
 /// Alignment O_DIRECT requires of sizes and offsets here (the logical block
@@ -241,8 +235,6 @@ mod tests {
             filename: "/tmp/x".into(),
             rwmixread: 50,
             op_deadline: Duration::from_secs(1),
-            ring_spin: Duration::ZERO,
-            caller_spin: Duration::ZERO,
         }
     }
 

@@ -245,6 +245,50 @@ pub fn fio_json(spec: &JobSpec, runs: &[Summary]) -> Value {
     })
 }
 
+/// Engine `i`'s run from the round where its IOPS ratio to that round's
+/// base (the last engine of the round) is the median over all rounds.
+pub fn median_round(rounds: &[Vec<Summary>], i: usize) -> Summary {
+    let mut ranked: Vec<(f64, &Summary)> = rounds
+        .iter()
+        .filter_map(|row| {
+            let s = row.get(i)?;
+            let base = row.last()?.iops();
+            Some((if base > 0.0 { s.iops() / base } else { 0.0 }, s))
+        })
+        .collect();
+    ranked.sort_by(|a, b| a.0.total_cmp(&b.0));
+    ranked
+        .get(ranked.len() / 2)
+        .map(|(_, s)| (*s).clone())
+        .unwrap_or_else(|| Summary {
+            engine: String::new(),
+            runtime_ms: 0,
+            read: DirSummary::default(),
+            write: DirSummary::default(),
+            errors: 0,
+        })
+}
+
+/// Per engine, the median over rounds of its IOPS ratio to the round's
+/// base (the last engine of each round).
+pub fn median_ratios(rounds: &[Vec<Summary>]) -> Vec<(String, f64)> {
+    let engines = rounds.first().map_or(0, Vec::len);
+    (0..engines)
+        .map(|i| {
+            let mut r: Vec<f64> = rounds
+                .iter()
+                .filter_map(|row| {
+                    let base = row.last()?.iops();
+                    (base > 0.0).then(|| row.get(i).map(|s| s.iops() / base))?
+                })
+                .collect();
+            r.sort_by(f64::total_cmp);
+            let name = rounds[0][i].engine.clone();
+            (name, r.get(r.len() / 2).copied().unwrap_or(0.0))
+        })
+        .collect()
+}
+
 /// A side-by-side table of runs, each figure with its ratio to `base`
 /// (the last run when comparing with fio).
 pub fn compare(runs: &[Summary], base: &Summary) -> String {
@@ -319,8 +363,6 @@ mod tests {
             filename: "/tmp/f".into(),
             rwmixread: 50,
             op_deadline: Duration::from_secs(1),
-            ring_spin: Duration::ZERO,
-            caller_spin: Duration::ZERO,
         };
         let v = fio_json(&spec, std::slice::from_ref(&s));
         let r = &v["jobs"][0]["read"];

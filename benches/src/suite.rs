@@ -77,10 +77,6 @@ pub struct SuiteOptions {
     pub output: PathBuf,
     /// Per-op deadline for `uring`.
     pub op_deadline: Duration,
-    /// `DriverConfig::spin` for the uring engines.
-    pub ring_spin: Duration,
-    /// `DriverConfig::caller_spin` for the uring engines.
-    pub caller_spin: Duration,
 }
 
 /// Run the matrix; returns the JSON written.
@@ -108,8 +104,6 @@ pub fn run(opts: &SuiteOptions, progress: Arc<Progress>) -> Result<serde_json::V
             filename: opts.filename.clone(),
             rwmixread: 50,
             op_deadline: opts.op_deadline,
-            ring_spin: opts.ring_spin,
-            caller_spin: opts.caller_spin,
         };
         spec.validate()?;
         let file_size = engines::prepare_file(&spec)?;

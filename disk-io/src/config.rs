@@ -113,17 +113,6 @@ pub struct DriverConfig {
     /// Operations whose caller has gone but whose completion has not come
     /// back. More than this and the disk is Faulty.
     pub zombie_cap: usize,
-    /// While ops are in flight, the ring thread polls this long for new
-    /// requests or completions before it sleeps. Trades a little CPU under
-    /// load for fewer sleeps and wake-ups; zero turns it off. Never used
-    /// when the disk is idle.
-    pub spin: Duration,
-    /// How long a caller waiting for a completion stays runnable before it
-    /// lets its runtime worker park (see `driver::HotWait`): under load the
-    /// completion usually comes sooner than a parked worker could be woken.
-    /// Costs CPU only when the runtime has nothing else to do; zero turns it
-    /// off.
-    pub caller_spin: Duration,
 }
 
 impl Default for DriverConfig {
@@ -136,8 +125,6 @@ impl Default for DriverConfig {
             iowq_unbounded_workers: 4,
             blocking_threads: 2,
             zombie_cap: 32,
-            spin: Duration::from_micros(20),
-            caller_spin: Duration::from_micros(50),
         }
     }
 }

@@ -61,12 +61,10 @@ struct Cli {
     /// Deadline of each operation for the `uring` engine.
     #[arg(long, default_value = "5s")]
     op_deadline: String,
-    /// uring engines: how long the ring thread polls before sleeping.
-    #[arg(long, default_value = "20us")]
-    ring_spin: String,
-    /// uring engines: how long a waiting caller stays runnable before parking.
-    #[arg(long, default_value = "50us")]
-    caller_spin: String,
+    /// Repeat the engines (and fio) this many times, interleaved, and report
+    /// each engine's median round: ratios on a drifting device.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+    rounds: u32,
     /// Also run fio with the same job on the same file and compare.
     #[arg(long)]
     vs_fio: bool,
@@ -116,8 +114,6 @@ fn spec_of(cli: &Cli) -> Result<JobSpec, BenchError> {
         filename: cli.filename.clone(),
         rwmixread: cli.rwmixread,
         op_deadline: parse_duration("op-deadline", &cli.op_deadline)?,
-        ring_spin: parse_duration("ring-spin", &cli.ring_spin)?,
-        caller_spin: parse_duration("caller-spin", &cli.caller_spin)?,
     };
     spec.validate()?;
     Ok(spec)
@@ -196,8 +192,6 @@ fn run(cli: &Cli) -> Result<(), BenchError> {
             with_fio: true,
             output: cli.output.clone(),
             op_deadline: parse_duration("op-deadline", &cli.op_deadline)?,
-            ring_spin: parse_duration("ring-spin", &cli.ring_spin)?,
-            caller_spin: parse_duration("caller-spin", &cli.caller_spin)?,
         };
         suite::run(&opts, Arc::new(Progress::default()))?;
         return Ok(());
@@ -205,27 +199,43 @@ fn run(cli: &Cli) -> Result<(), BenchError> {
     let spec = spec_of(cli)?;
     let engines = engines_of(&cli.engine)?;
     let file_size = engines::prepare_file(&spec)?;
-    let mut runs: Vec<Summary> = Vec::new();
-    for engine in engines {
-        let progress = Arc::new(Progress::default());
-        let line = ProgressLine::start(engine.as_str().to_string(), progress.clone());
-        let r = engines::run(engine, &spec, file_size, progress)?;
-        drop(line);
-        if let Some(e) = &r.first_error {
-            eprintln!("{}: {} ops failed; first: {e}", engine.as_str(), r.errors);
+    // rounds[r][i]: round r, engine i (fio last with --vs-fio). Engines run
+    // interleaved, round after round, so a device whose speed drifts
+    // between runs (a VM's host disk does, by tens of percent) affects every
+    // engine alike; ratios are taken within a round.
+    let mut rounds: Vec<Vec<Summary>> = Vec::new();
+    for round in 0..cli.rounds {
+        let mut row = Vec::new();
+        for &engine in &engines {
+            let progress = Arc::new(Progress::default());
+            let line = ProgressLine::start(engine.as_str().to_string(), progress.clone());
+            let r = engines::run(engine, &spec, file_size, progress)?;
+            drop(line);
+            if let Some(e) = &r.first_error {
+                eprintln!("{}: {} ops failed; first: {e}", engine.as_str(), r.errors);
+            }
+            row.push(Summary::from_run(&r));
         }
-        let s = Summary::from_run(&r);
-        if !json {
-            print!("{}", report::text(&spec, &s));
+        if cli.vs_fio {
+            row.push(fio::run(&spec, file_size)?);
         }
-        runs.push(s);
+        if cli.rounds > 1 && !json {
+            let figures: Vec<String> = row
+                .iter()
+                .map(|s| format!("{} {:.0}", s.engine, s.iops()))
+                .collect();
+            eprintln!("round {}: {} IOPS", round + 1, figures.join(", "));
+        }
+        rounds.push(row);
     }
-    if cli.vs_fio {
-        let s = fio::run(&spec, file_size)?;
-        if !json {
-            print!("{}", report::text(&spec, &s));
+    // The round whose ratio to the base is the median, per engine.
+    let runs: Vec<Summary> = (0..rounds.first().map_or(0, Vec::len))
+        .map(|i| report::median_round(&rounds, i))
+        .collect();
+    if !json {
+        for s in &runs {
+            print!("{}", report::text(&spec, s));
         }
-        runs.push(s);
     }
     if json {
         println!(
@@ -236,6 +246,18 @@ fn run(cli: &Cli) -> Result<(), BenchError> {
         let base = runs.last().cloned().unwrap_or_else(|| runs[0].clone());
         println!();
         print!("{}", report::compare(&runs, &base));
+        if rounds.len() > 1 {
+            let ratios: Vec<String> = report::median_ratios(&rounds)
+                .into_iter()
+                .map(|(e, r)| format!("{e} {r:.2}"))
+                .collect();
+            println!(
+                "median over {} rounds of the per-round IOPS ratio to {}: {}",
+                rounds.len(),
+                base.engine,
+                ratios.join(", ")
+            );
+        }
     }
     if runs.iter().any(|r| r.errors > 0) {
         return Err(BenchError::Engine {

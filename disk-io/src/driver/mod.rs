@@ -79,7 +79,6 @@ struct Shared {
     files: Arc<Semaphore>,
     stats: Arc<DriverStats>,
     next_op_id: AtomicU64,
-    caller_spin: Duration,
     pool: pool::BlockingPool,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -161,7 +160,6 @@ impl Driver {
             let stats = stats.clone();
             let parked = parked.clone();
             let entries = cfg.ring_entries;
-            let spin = cfg.spin;
             let iowq = [cfg.iowq_bounded_workers, cfg.iowq_unbounded_workers];
             std::thread::Builder::new()
                 .name(format!("disk-io-ring-{}", short(&name)))
@@ -176,7 +174,6 @@ impl Driver {
                         wake_fd,
                         stats,
                         shutdown_grace: SHUTDOWN_GRACE,
-                        spin,
                     }) {
                         Ok(ring) => {
                             let _ = init_tx.send(Ok(()));
@@ -206,7 +203,6 @@ impl Driver {
                 files: Arc::new(Semaphore::new(cfg.max_open_files)),
                 stats,
                 next_op_id: AtomicU64::new(1),
-                caller_spin: cfg.caller_spin,
                 pool,
                 thread: Mutex::new(Some(thread)),
             }),
@@ -303,11 +299,7 @@ impl Driver {
             op_id,
             armed: true,
         };
-        let wait = HotWait {
-            rx,
-            spin_until: Some(Instant::now() + self.shared.caller_spin),
-        };
-        let out = tokio::time::timeout_at(wait_until.tokio(), wait).await;
+        let out = tokio::time::timeout_at(wait_until.tokio(), rx).await;
         match out {
             Ok(Ok(Completion {
                 res,
@@ -506,42 +498,6 @@ impl Driver {
             return Err(DiskError::from_errno(class, -done.res));
         }
         Ok((done.res, done.op))
-    }
-}
-
-/// Waits for a completion, staying runnable (re-waking itself) for a short
-/// while before it lets the runtime park.
-///
-/// Why: a parked tokio worker takes a futex wake to resume, and on a VM an
-/// idle vCPU's wake-up costs ~100 µs (measured here: ring-to-caller hand-off
-/// 111 µs parked vs 11 µs hot, 4 KiB QD32 reads 30k → 54k IOPS). Under load
-/// completions come every few µs, so a short hot wait keeps the worker
-/// awake; when idle the spin ends after `caller_spin` and the task sleeps as
-/// usual. Other ready tasks are not starved: a self-wake only requeues.
-struct HotWait<T> {
-    rx: oneshot::Receiver<T>,
-    spin_until: Option<Instant>,
-}
-
-impl<T> std::future::Future for HotWait<T> {
-    type Output = Result<T, oneshot::error::RecvError>;
-
-    fn poll(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Self::Output> {
-        use std::task::Poll;
-        match std::pin::Pin::new(&mut self.rx).poll(cx) {
-            Poll::Ready(v) => Poll::Ready(v),
-            Poll::Pending => {
-                match self.spin_until {
-                    Some(until) if Instant::now() < until => cx.waker().wake_by_ref(),
-                    Some(_) => self.spin_until = None,
-                    None => {}
-                }
-                Poll::Pending
-            }
-        }
     }
 }
 

@@ -177,8 +177,6 @@ pub(crate) struct RingParams {
     pub wake_fd: Arc<OwnedFd>,
     pub stats: Arc<DriverStats>,
     pub shutdown_grace: Duration,
-    /// How long to poll for work before sleeping (`DriverConfig::spin`).
-    pub spin: Duration,
 }
 
 pub(crate) struct RingThread {
@@ -195,7 +193,6 @@ pub(crate) struct RingThread {
     deadlines: BinaryHeap<Reverse<(Instant, u32, u32)>>,
     stats: Arc<DriverStats>,
     shutdown_grace: Duration,
-    spin: Duration,
     shutdown_at: Option<Instant>,
     tick_ts: Box<types::Timespec>,
     tick_outstanding: bool,
@@ -217,17 +214,14 @@ impl RingThread {
             wake_fd,
             stats,
             shutdown_grace,
-            spin,
         } = p;
         let ring = IoUring::builder()
             .setup_cqsize(entries.saturating_mul(4))
             .setup_single_issuer()
             // Completions are run only when this thread asks for them (it is
             // the only thread that ever does), instead of interrupting it
-            // with task-work notifications; the flag tells a spinning thread
-            // when there is work to collect.
+            // with task-work notifications.
             .setup_defer_taskrun()
-            .setup_taskrun_flag()
             .build(entries)?;
         let mut max = iowq_max;
         ring.submitter().register_iowq_max_workers(&mut max)?;
@@ -242,7 +236,6 @@ impl RingThread {
             deadlines: BinaryHeap::with_capacity(table_capacity),
             stats,
             shutdown_grace,
-            spin,
             shutdown_at: None,
             tick_ts: Box::new(types::Timespec::from(SHUTDOWN_TICK)),
             tick_outstanding: false,
@@ -253,7 +246,6 @@ impl RingThread {
     pub(crate) fn run(mut self) {
         self.arm_wake();
         loop {
-            self.spin_for_work();
             // Announce the sleep, then look once more: a message sent before
             // the flag was visible is seen here; one sent after it finds the
             // flag set and writes the eventfd.
@@ -313,30 +305,6 @@ impl RingThread {
                     self.push(&[e]);
                 }
             }
-        }
-    }
-
-    /// With ops in flight, poll (without a syscall) for up to `spin` for a
-    /// new message or completions before going to sleep: under load the next
-    /// request or completion usually arrives within microseconds, and
-    /// catching it awake saves a sleep, a wake-up and the eventfd write on
-    /// the caller's side.
-    fn spin_for_work(&mut self) {
-        if self.spin.is_zero() || self.table.in_use() == 0 || self.shutdown_at.is_some() {
-            return;
-        }
-        let until = Instant::now() + self.spin;
-        loop {
-            if !self.rx.is_empty()
-                || self.ring.submission().taskrun()
-                || !self.ring.completion().is_empty()
-            {
-                return;
-            }
-            if Instant::now() >= until {
-                return;
-            }
-            std::hint::spin_loop();
         }
     }
 
