@@ -135,7 +135,8 @@ async fn bench(args: Args) -> i32 {
             let mut other = 0usize;
             for i in 0..per_task {
                 let deadline = Deadline::after(d);
-                let r = match (t + i) % 4 {
+                let kind = (t + i) % 4;
+                let r = match kind {
                     0 => disk.read_all("bench", "meta", deadline).await.map(|_| ()),
                     1 => disk.stat_file("bench", "meta", deadline).await.map(|_| ()),
                     2 => disk.write_all("bench", "meta", b"y", deadline).await,
@@ -143,7 +144,9 @@ async fn bench(args: Args) -> i32 {
                 };
                 let now = Instant::now();
                 match r {
-                    Err(DiskError::DeadlineExceeded { .. }) => eps.push(deadline.overshoot(now)),
+                    Err(DiskError::DeadlineExceeded { .. }) => {
+                        eps.push((kind, deadline.overshoot(now)))
+                    }
                     _ => other += 1,
                 }
             }
@@ -151,11 +154,13 @@ async fn bench(args: Args) -> i32 {
         }));
     }
     let mut overshoot = Latencies::new();
+    let mut by_op: [Latencies; 4] = Default::default();
     let mut unexpected = 0;
     for t in tasks {
         if let Ok((eps, other)) = t.await {
-            for e in eps {
+            for (kind, e) in eps {
                 overshoot.record(e);
+                by_op[kind].record(e);
             }
             unexpected += other;
         }
@@ -198,6 +203,12 @@ async fn bench(args: Args) -> i32 {
             overshoot_wall
         );
         println!("{}", overshoot.line("  ε (return − deadline)"));
+        for (name, l) in ["read_all", "stat_file", "write_all", "get_disk_id"]
+            .iter()
+            .zip(&by_op)
+        {
+            println!("{}", l.line(&format!("    {name}")));
+        }
         println!("fail-fast on a Faulty disk:");
         println!("{}", fast.line("  call latency"));
         println!(
