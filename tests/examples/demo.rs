@@ -332,7 +332,7 @@ async fn demo() -> i32 {
         code = 1;
     }
     if code == 0 {
-        println!("  every call returned by its deadline (+{worst:.1?} at worst); the hung disk was taken out, failed fast, and came back after release; the other disks never noticed");
+        println!("  every call returned by its deadline + {worst:.1?} at worst; the hung disk was taken out, failed fast, and came back after release; the other disks never noticed");
     }
     code
 }

@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use disk_io::stall_ebpf::{EbpfStallConfig, EbpfStallMonitor};
 use disk_io::{Deadline, Disk, DiskConfig, DiskError, HealthState, LocalDisk};
-use disk_io_harness::{privilege, Ext4OnLoop, FaultFs};
 use ebpf_common::*;
 
 const THRESHOLD: Duration = Duration::from_millis(300);
@@ -22,19 +21,8 @@ fn op_deadline() -> Deadline {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_device_takes_the_disk_out_before_any_deadline() {
-    need_bpf();
-    privilege::require_fuse().expect("this test mounts FUSE");
-    privilege::require_ext4_on_loop().expect("this test attaches a loop device");
-    let (scratch, fs) = FaultFs::mount_scratch().expect("mount faultfs");
-    let ctl = fs.control();
-    let ext4 = Ext4OnLoop::create(
-        &fs.mountpoint().join("disk.img"),
-        64 << 20,
-        &scratch.subdir("ext4").expect("mount dir"),
-    )
-    .expect("ext4 on loop on faultfs")
-    .with_fault_control(ctl.clone());
-    let dev = dev_name(ext4.loop_device().path());
+    let disk_fx = stallable_disk();
+    let (ext4, ctl, dev) = (&disk_fx.ext4, &disk_fx.ctl, disk_fx.dev.clone());
     // The loader's own threshold does not matter here: disk-io's source
     // reads the in-flight table with its own.
     let loader = start_loader(&dev, Duration::from_secs(10), Duration::from_millis(100));

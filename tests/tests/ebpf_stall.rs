@@ -10,7 +10,6 @@ use std::os::unix::fs::FileExt;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use disk_io_harness::{privilege, Ext4OnLoop, FaultFs};
 use ebpf_common::*;
 use probes_ebpf_loader::{wait_event, StallEvent};
 
@@ -19,19 +18,8 @@ const INTERVAL: Duration = Duration::from_millis(100);
 
 #[test]
 fn hung_fuse_under_a_loop_device_is_a_stall_that_clears_after_release() {
-    need_bpf();
-    privilege::require_fuse().expect("this test mounts FUSE");
-    privilege::require_ext4_on_loop().expect("this test attaches a loop device");
-    let (scratch, fs) = FaultFs::mount_scratch().expect("mount faultfs");
-    let ctl = fs.control();
-    let ext4 = Ext4OnLoop::create(
-        &fs.mountpoint().join("disk.img"),
-        64 << 20,
-        &scratch.subdir("ext4").expect("mount dir"),
-    )
-    .expect("ext4 on loop on faultfs")
-    .with_fault_control(ctl.clone());
-    let dev = dev_name(ext4.loop_device().path());
+    let disk_fx = stallable_disk();
+    let (ext4, ctl, dev) = (&disk_fx.ext4, &disk_fx.ctl, disk_fx.dev.clone());
     let loader = start_loader(&dev, THRESHOLD, INTERVAL);
 
     // Allocate the block first so the stalled write is a plain overwrite

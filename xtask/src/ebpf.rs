@@ -82,19 +82,7 @@ pub(crate) fn ensure() -> Result<(), String> {
             "setup: eBPF toolchain: installing {} (bpf-linker links against LLVM 22)",
             missing.join(" ")
         );
-        if !crate::setup::is_root() {
-            return Err(format!(
-                "installing {} needs root (apt-get); run as root or install them yourself",
-                missing.join(" ")
-            ));
-        }
-        sh(Command::new("apt-get")
-            .args(["update", "-qq"])
-            .env("DEBIAN_FRONTEND", "noninteractive"))?;
-        sh(Command::new("apt-get")
-            .args(["install", "-y", "-qq", "--no-install-recommends"])
-            .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+        crate::setup::apt_install(&missing)?;
     }
 
     let has_src = output(Command::new("rustup").args([

@@ -61,6 +61,23 @@ pub(crate) fn is_root() -> bool {
         .unwrap_or(false)
 }
 
+/// `apt-get update` then install `packages` (needs root; says so if not).
+pub(crate) fn apt_install(packages: &[&str]) -> Result<(), String> {
+    if !is_root() {
+        return Err(format!(
+            "installing {} needs root (apt-get); run as root or install them yourself",
+            packages.join(" ")
+        ));
+    }
+    sh(Command::new("apt-get")
+        .args(["update", "-qq"])
+        .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    sh(Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(packages)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
 pub(crate) fn ensure() -> Result<(), String> {
     let missing: Vec<&Tool> = TOOLS.iter().filter(|t| !answers(t.command)).collect();
     if !missing.is_empty() {
@@ -71,19 +88,7 @@ pub(crate) fn ensure() -> Result<(), String> {
                 t.command, t.why, t.package
             );
         }
-        if !is_root() {
-            return Err(format!(
-                "installing {} needs root (apt-get); run as root or install them yourself",
-                packages.join(" ")
-            ));
-        }
-        sh(Command::new("apt-get")
-            .args(["update", "-qq"])
-            .env("DEBIAN_FRONTEND", "noninteractive"))?;
-        sh(Command::new("apt-get")
-            .args(["install", "-y", "-qq", "--no-install-recommends"])
-            .args(&packages)
-            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+        apt_install(&packages)?;
     }
     for component in ["rustfmt", "clippy"] {
         let listed = Command::new("rustup")

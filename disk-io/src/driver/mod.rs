@@ -431,7 +431,7 @@ impl Driver {
             len,
             offset,
         };
-        match self.raw(class, op, file, deadline, mode).await? {
+        match self.raw_res(class, op, file, deadline, mode).await?.1 {
             Op::Read { buf, .. } => Ok(buf),
             _ => Err(DiskError::ShutDown),
         }
@@ -464,19 +464,6 @@ impl Driver {
             Op::Write { buf, .. } => Ok((buf, res as usize)),
             _ => Err(DiskError::ShutDown),
         }
-    }
-
-    async fn raw(
-        &self,
-        class: OpClass,
-        op: Op,
-        file: &Arc<OwnedFd>,
-        deadline: Deadline,
-        mode: KernelDeadline,
-    ) -> Result<Op, DiskError> {
-        self.raw_res(class, op, file, deadline, mode)
-            .await
-            .map(|(_, op)| op)
     }
 
     async fn raw_res(

@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use disk_io_harness::privilege;
+use disk_io_harness::{privilege, Ext4OnLoop, FaultControl, FaultFs, ScratchDir};
 use probes_ebpf_loader::{Loader, ProbeConfig, RunConfig};
 
 /// Bound for any single wait in these tests (a loaded 2-core machine).
@@ -135,4 +135,44 @@ pub fn open_direct(path: &std::path::Path, create: bool) -> std::fs::File {
         .custom_flags(libc::O_DIRECT)
         .open(path)
         .unwrap_or_else(|e| panic!("open {} with O_DIRECT: {e}", path.display()))
+}
+
+/// An ext4 file system on a loop device whose image lives on a FaultFs
+/// mount: hang the FUSE layer and the loop device's requests stall. Fields
+/// drop in declaration order: ext4 and its loop device first, then the
+/// mount, then the directories.
+pub struct StallableDisk {
+    /// The file system (its `Drop` releases any hang before unmounting).
+    pub ext4: Ext4OnLoop,
+    /// Switches of the FUSE layer under the loop device.
+    pub ctl: FaultControl,
+    /// The loop device's name (`loopN`).
+    pub dev: String,
+    _fs: FaultFs,
+    _scratch: ScratchDir,
+}
+
+/// A 64 MiB [`StallableDisk`]; fails loudly without root, FUSE or loop
+/// devices.
+pub fn stallable_disk() -> StallableDisk {
+    need_bpf();
+    privilege::require_fuse().expect("this test mounts FUSE");
+    privilege::require_ext4_on_loop().expect("this test attaches a loop device");
+    let (scratch, fs) = FaultFs::mount_scratch().expect("mount faultfs");
+    let ctl = fs.control();
+    let ext4 = Ext4OnLoop::create(
+        &fs.mountpoint().join("disk.img"),
+        64 << 20,
+        &scratch.subdir("ext4").expect("mount dir"),
+    )
+    .expect("ext4 on loop on faultfs")
+    .with_fault_control(ctl.clone());
+    let dev = dev_name(ext4.loop_device().path());
+    StallableDisk {
+        ext4,
+        ctl,
+        dev,
+        _fs: fs,
+        _scratch: scratch,
+    }
 }
