@@ -578,7 +578,6 @@ impl RingThread {
                         }
                     }
                 }
-                self.maybe_free(idx, gen);
             }
             TAG_OP => {
                 let Some(slot) = self.table.get(idx, gen) else {

@@ -124,13 +124,7 @@ fn serve(
     while !head.windows(4).any(|w| w == b"\r\n\r\n") {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return respond(
-                &mut conn,
-                408,
-                "Request Timeout",
-                "text/plain",
-                "request timeout\n",
-            );
+            return request_timeout(&mut conn);
         }
         conn.set_read_timeout(Some(left))?;
         let n = match conn.read(&mut buf) {
@@ -142,13 +136,7 @@ fn serve(
                     std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
                 ) =>
             {
-                return respond(
-                    &mut conn,
-                    408,
-                    "Request Timeout",
-                    "text/plain",
-                    "request timeout\n",
-                );
+                return request_timeout(&mut conn);
             }
             Err(e) => return Err(e),
         };
@@ -191,6 +179,17 @@ fn serve(
             "only GET\n",
         ),
     }
+}
+
+/// 408: the request head did not arrive within the read budget.
+fn request_timeout(conn: &mut TcpStream) -> std::io::Result<()> {
+    respond(
+        conn,
+        408,
+        "Request Timeout",
+        "text/plain",
+        "request timeout\n",
+    )
 }
 
 fn respond(

@@ -2,7 +2,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A cheap, clonable handle that flips the faults of one [`FaultFs`](super::FaultFs) while it
 /// runs.
@@ -102,21 +102,12 @@ impl FaultControl {
     /// Waits until at least `min` requests are parked, for at most `timeout`.
     /// Returns whether that many were parked; tests use it to know a hang is engaged.
     pub fn wait_for_hung(&self, min: usize, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        let mut state = self.state();
-        while state.parked < min {
-            let now = Instant::now();
-            if now >= deadline {
-                return false;
-            }
-            state = self
-                .inner
-                .changed
-                .wait_timeout(state, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
-        true
+        let (state, _) = self
+            .inner
+            .changed
+            .wait_timeout_while(self.state(), timeout, |s| s.parked < min)
+            .unwrap_or_else(|e| e.into_inner());
+        state.parked >= min
     }
 
     /// Delays every request by `latency` before it is served; `Duration::ZERO` turns it off.
@@ -205,19 +196,12 @@ impl FaultControl {
         // Sleep on the condvar rather than thread::sleep so that switching latency off (or
         // tearing down) ends the delay at once.
         let epoch = state.epoch;
-        let deadline = Instant::now() + latency;
-        while state.epoch == epoch && !state.closing {
-            let now = Instant::now();
-            if now >= deadline {
-                break;
-            }
-            state = self
-                .inner
+        drop(
+            self.inner
                 .changed
-                .wait_timeout(state, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
+                .wait_timeout_while(state, latency, |s| s.epoch == epoch && !s.closing)
+                .unwrap_or_else(|e| e.into_inner()),
+        );
     }
 
     /// The errno (if any) the switches inject for a request on `path` doing `access`.
@@ -243,6 +227,7 @@ impl FaultControl {
 mod tests {
     use super::*;
     use std::thread;
+    use std::time::Instant;
 
     #[test]
     fn hang_parks_until_release() {
