@@ -12,7 +12,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,9 +21,10 @@ use crossbeam_channel::Receiver;
 use io_uring::{opcode, squeue, types, IoUring};
 use tokio::sync::{oneshot, OwnedSemaphorePermit};
 
-use super::ops::Op;
-use super::DriverStats;
-use crate::deadline::Deadline;
+use crate::file::{Closer, File, FileInner};
+use crate::ops::Op;
+use crate::DriverStats;
+use disk_io_api::Deadline;
 
 /// A request from a caller.
 pub(crate) struct Submission {
@@ -37,16 +38,32 @@ pub(crate) struct Submission {
     pub reply: Option<oneshot::Sender<Completion>>,
     /// The in-flight permit, released when the slot is freed (after the CQE).
     pub inflight_permit: Option<OwnedSemaphorePermit>,
-    /// An open-file permit travelling with an open (handed back to the
-    /// caller) or a close (released after the CQE).
+    /// An open-file permit travelling with an open (it ends up in the new
+    /// [`File`]) or a close (released after the CQE).
     pub file_permit: Option<OwnedSemaphorePermit>,
     /// Whether a departing caller may have the op cancelled. Closes may
     /// not: a cancelled close leaves the fd open and leaked.
     pub cancellable: bool,
-    /// Keeps a caller's file open until the CQE, even if the caller drops
-    /// its handle after a timeout (io-wq resolves the fd when it runs the op,
-    /// which may be later than submission).
-    pub keep: Option<Arc<OwnedFd>>,
+    /// The files the op uses, kept open until its CQE even if the caller
+    /// drops its handles after a timeout (io-wq resolves fds when it runs
+    /// the op, which may be later than submission).
+    pub keep: [Option<File>; 2],
+}
+
+impl Submission {
+    /// An op nobody waits for (a close of a dropped file).
+    pub(crate) fn fire_and_forget(op: Op, file_permit: Option<OwnedSemaphorePermit>) -> Self {
+        Submission {
+            op,
+            deadline: None,
+            op_id: u64::MAX,
+            reply: None,
+            inflight_permit: None,
+            file_permit,
+            cancellable: false,
+            keep: [None, None],
+        }
+    }
 }
 
 /// What a caller gets back.
@@ -58,8 +75,10 @@ pub(crate) struct Completion {
     /// The op with its buffers; `None` when the reply is an early
     /// "deadline passed" sent while the kernel still holds the op.
     pub op: Option<Op>,
-    /// The file permit that came with an open.
-    pub file_permit: Option<OwnedSemaphorePermit>,
+    /// The file a successful open made. Built on the ring thread at the
+    /// CQE, so a caller that has gone by then cannot leak the fd: dropping
+    /// the completion closes it through the ring.
+    pub file: Option<File>,
 }
 
 /// Messages to the ring thread.
@@ -104,17 +123,21 @@ struct Slot {
     _inflight_permit: Option<OwnedSemaphorePermit>,
     file_permit: Option<OwnedSemaphorePermit>,
     cancellable: bool,
-    _keep: Option<Arc<OwnedFd>>,
+    _keep: [Option<File>; 2],
     op_done: bool,
     timer_fired: bool,
     /// Nobody waits for this op any more and its CQE has not come: a zombie.
     abandoned: bool,
 }
 
-/// Fixed-capacity table of in-flight operations. Capacity is
-/// `max_in_flight + max_open_files` (closes carry only a file permit), so
-/// with the semaphores in front it can never be full; `alloc` returning
-/// `None` would be a bug and is answered with an error, not a panic.
+/// Fixed-capacity table of in-flight operations.
+///
+/// **Invariant:** the table is never full when an op arrives. Its capacity
+/// is `max_in_flight + max_open_files`, every op holds an in-flight permit
+/// until its slot is freed, and every close holds the file permit of the
+/// fd it closes; the semaphores in front are the bound. A full table is a
+/// bug in the accounting and stops the ring thread (assert), rather than
+/// being reported to a caller as if the disk had failed.
 struct OpTable {
     slots: Vec<Option<Slot>>,
     gens: Vec<u32>,
@@ -177,6 +200,8 @@ pub(crate) struct RingParams {
     pub wake_fd: Arc<OwnedFd>,
     pub stats: Arc<DriverStats>,
     pub shutdown_grace: Duration,
+    /// For the files successful opens make.
+    pub closer: Closer,
 }
 
 pub(crate) struct RingThread {
@@ -197,6 +222,7 @@ pub(crate) struct RingThread {
     tick_ts: Box<types::Timespec>,
     tick_outstanding: bool,
     name: String,
+    closer: Closer,
 }
 
 impl RingThread {
@@ -214,6 +240,7 @@ impl RingThread {
             wake_fd,
             stats,
             shutdown_grace,
+            closer,
         } = p;
         let ring = IoUring::builder()
             .setup_cqsize(entries.saturating_mul(4))
@@ -240,6 +267,7 @@ impl RingThread {
             tick_ts: Box::new(types::Timespec::from(SHUTDOWN_TICK)),
             tick_outstanding: false,
             name,
+            closer,
         })
     }
 
@@ -271,7 +299,7 @@ impl RingThread {
                 Err(e) => {
                     tracing::error!(disk = %self.name, error = %e, "io_uring_enter failed; ring thread stops");
                     // Same reasoning as the grace-period exit below.
-                    self.leak_outstanding();
+                    self.exit();
                     return;
                 }
             }
@@ -289,11 +317,8 @@ impl RingThread {
                 }
             }
             if let Some(at) = self.shutdown_at {
-                if self.table.in_use() == 0 {
-                    return;
-                }
-                if at.elapsed() >= self.shutdown_grace {
-                    self.leak_outstanding();
+                if self.table.in_use() == 0 || at.elapsed() >= self.shutdown_grace {
+                    self.exit();
                     return;
                 }
                 if !self.tick_outstanding {
@@ -313,6 +338,21 @@ impl RingThread {
             self.shutdown_at = Some(Instant::now());
             self.cancel_all();
         }
+    }
+
+    /// Leave the loop: close the fds of closes still queued (dropped files
+    /// whose close never reached the ring), then let go of the ring.
+    fn exit(self) {
+        while let Ok(msg) = self.rx.try_recv() {
+            if let Msg::Submit(Submission {
+                op: Op::Close { fd },
+                ..
+            }) = msg
+            {
+                crate::file::close_now(fd);
+            }
+        }
+        self.leak_outstanding();
     }
 
     /// Ops the kernel still holds point into buffers in the op table;
@@ -391,7 +431,7 @@ impl RingThread {
                     res: -libc::ETIME,
                     timed_out: true,
                     op: Some(op),
-                    file_permit,
+                    file: None,
                 });
             }
             return;
@@ -413,9 +453,11 @@ impl RingThread {
             abandoned: false,
         };
         let Some((idx, gen)) = self.table.alloc(slot) else {
-            // Unreachable with the semaphores in front; answer rather than panic.
-            tracing::error!(disk = %self.name, "op table full; refusing operation");
-            return;
+            panic!(
+                "disk {}: op table full ({} slots) despite the permits in front of it",
+                self.name,
+                self.table.slots.len()
+            );
         };
         self.by_op_id.insert(op_id, (idx, gen));
         if let Some(d) = deadline {
@@ -488,7 +530,7 @@ impl RingThread {
                 res: -libc::ETIME,
                 timed_out: true,
                 op: None,
-                file_permit: None,
+                file: None,
             });
             let op_id = slot.op_id;
             self.cancel(op_id);
@@ -569,7 +611,7 @@ impl RingThread {
                                 res: -libc::ETIME,
                                 timed_out: true,
                                 op: None,
-                                file_permit: None,
+                                file: None,
                             });
                         }
                         if !slot.abandoned {
@@ -608,62 +650,35 @@ impl RingThread {
                 if timed_out {
                     self.stats.timed_out.fetch_add(1, Ordering::Relaxed);
                 }
-                let unclaimed = match (reply, op) {
-                    (Some(tx), Some(op)) => tx
-                        .send(Completion {
+                // A successful open owns a new fd from here on, whoever
+                // (if anyone) still waits for it.
+                let file = match &op {
+                    Some(Op::OpenAt { path_only, .. }) if res >= 0 => Some(File {
+                        inner: Arc::new(FileInner::new(
                             res,
-                            timed_out,
-                            op: Some(op),
+                            *path_only,
+                            self.closer.clone(),
                             file_permit,
-                        })
-                        .err()
-                        .and_then(|c| c.op.map(|op| (op, c.file_permit))),
-                    (None, Some(op)) => Some((op, file_permit)),
-                    (_, None) => None,
-                };
-                // A successful open nobody is waiting for any more: close the
-                // fd here, or it would leak.
-                if let Some((Op::OpenAt { .. }, permit)) = unclaimed {
-                    if res >= 0 {
-                        self.close_unclaimed(res, permit);
+                        )),
+                    }),
+                    _ => {
+                        drop(file_permit);
+                        None
                     }
+                };
+                if let Some(tx) = reply {
+                    // A send to a caller that has gone hands the completion
+                    // back; dropping it closes the file through the ring.
+                    let _ = tx.send(Completion {
+                        res,
+                        timed_out,
+                        op,
+                        file,
+                    });
                 }
                 self.maybe_free(idx, gen);
             }
             _ => {}
-        }
-    }
-
-    /// Close an fd whose opener has gone, through the ring (closing a file on
-    /// a FUSE mount sends FLUSH, which may block; the ring punts it).
-    fn close_unclaimed(&mut self, fd: RawFd, permit: Option<OwnedSemaphorePermit>) {
-        let slot = Slot {
-            op: Some(Op::Close { fd }),
-            op_id: u64::MAX,
-            reply: None,
-            deadline: None,
-            _timespec: None,
-            _inflight_permit: None,
-            file_permit: permit,
-            cancellable: false,
-            _keep: None,
-            op_done: false,
-            timer_fired: false,
-            abandoned: false,
-        };
-        match self.table.alloc(slot) {
-            Some((idx, gen)) => {
-                self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
-                let e = opcode::Close::new(types::Fd(fd))
-                    .build()
-                    .user_data(user_data(TAG_OP, gen, idx));
-                self.push(&[e]);
-            }
-            None => {
-                // Table full: close synchronously rather than leak the fd.
-                // SAFETY: fd came from a successful open that nobody else owns.
-                unsafe { libc::close(fd) };
-            }
         }
     }
 
@@ -705,7 +720,7 @@ mod tests {
             _inflight_permit: None,
             file_permit: None,
             cancellable: true,
-            _keep: None,
+            _keep: [None, None],
             op_done: false,
             timer_fired: false,
             abandoned: false,

@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use crate::deadline::Deadline;
 use crate::error::Result;
-use crate::health::HealthState;
+use crate::state::HealthState;
 
 /// A disk's identity, read from the format file on the disk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -119,8 +119,18 @@ pub trait Disk: Send + Sync + std::fmt::Debug {
     async fn read_all(&self, vol: &str, path: &str, deadline: Deadline) -> Result<Vec<u8>>;
 
     /// Replace a small file atomically and durably: a temporary file,
-    /// fsync, rename over the target, fsync of the directory. On any error
-    /// the previous content is intact.
+    /// fsync, rename over the target, fsync of the directory (and of every
+    /// directory it had to create).
+    ///
+    /// The contract, by outcome:
+    /// * `Ok(())`: the new content is in place and durable.
+    /// * [`NotDurable`](crate::DiskError::NotDurable): the new content is in place, but the
+    ///   fsync that makes the rename durable failed or ran out of time; a
+    ///   crash may bring the old content back.
+    /// * [`DeadlineExceeded`](crate::DiskError::DeadlineExceeded) before the commit was known to
+    ///   land: either the old or the new content is in place, never a mix
+    ///   (the rename may still complete in the kernel after the caller left).
+    /// * any other error: nothing took effect; the old content is intact.
     async fn write_all(&self, vol: &str, path: &str, data: &[u8], deadline: Deadline)
         -> Result<()>;
 
@@ -147,7 +157,9 @@ pub trait Disk: Send + Sync + std::fmt::Debug {
     async fn stat_file(&self, vol: &str, path: &str, deadline: Deadline) -> Result<FileInfo>;
 
     /// Rename within the disk, creating the destination's parents, and
-    /// make it durable (fsync of the destination directory).
+    /// make it durable (fsync of the destination directory and of every
+    /// directory created). A failure after the rename landed is
+    /// [`NotDurable`](crate::DiskError::NotDurable), as for [`Disk::write_all`].
     async fn rename_file(
         &self,
         src_vol: &str,

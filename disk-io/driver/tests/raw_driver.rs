@@ -1,12 +1,12 @@
-//! The raw driver API the bench engine uses: positional reads and writes
-//! on a caller's file, with and without kernel-side deadlines.
+//! The raw driver API the bench engine uses (feature `raw`): positional
+//! reads and writes on a caller's file, with and without kernel-side
+//! deadlines.
 
 use std::os::fd::{FromRawFd, OwnedFd};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use disk_io::driver::{AlignedBuf, Driver, IoBuf, KernelDeadline};
-use disk_io::{Deadline, DiskError, DriverConfig};
+use disk_io_api::Deadline;
+use disk_io_driver::{AlignedBuf, Driver, DriverConfig, DriverError, File, IoBuf, KernelDeadline};
 
 fn dl() -> Deadline {
     Deadline::after(Duration::from_secs(5))
@@ -17,15 +17,18 @@ async fn write_then_read_back_buffered_and_direct() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("f");
     let driver = Driver::start("raw-test", &DriverConfig::default()).expect("driver");
-    let file = Arc::new(OwnedFd::from(
-        std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .expect("open"),
-    ));
+    let file = File::adopt(
+        &driver,
+        OwnedFd::from(
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&path)
+                .expect("open"),
+        ),
+    );
     let data: Vec<u8> = (0..8192u32).map(|i| (i % 253) as u8).collect();
     for mode in [KernelDeadline::Enforced, KernelDeadline::CallerOnly] {
         let (_, n) = driver
@@ -45,14 +48,21 @@ async fn write_then_read_back_buffered_and_direct() {
             .expect("read at eof");
         assert_eq!(buf.as_slice(), &data[6000..]);
     }
-    // O_DIRECT through an aligned buffer (the temp dir is on ext4 here).
+    // O_DIRECT through an aligned buffer. The temp dir must be on a file
+    // system with O_DIRECT (ext4 here and in CI); tmpfs would refuse it.
     use std::os::unix::fs::OpenOptionsExt;
     let direct = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_DIRECT)
-        .open(&path);
-    if let Ok(f) = direct {
-        let file = Arc::new(OwnedFd::from(f));
+        .open(&path)
+        .unwrap_or_else(|e| {
+            panic!(
+                "O_DIRECT open of {} failed ({e}): run the tests with TMPDIR on a file system that supports O_DIRECT",
+                path.display()
+            )
+        });
+    {
+        let file = File::adopt(&driver, OwnedFd::from(direct));
         let buf = AlignedBuf::new(4096, 4096).expect("aligned");
         let buf = driver
             .read_at(
@@ -77,7 +87,7 @@ async fn a_read_that_never_completes_returns_at_its_deadline() {
     assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
     // SAFETY: fresh fds from pipe2.
     let (rd, _wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    let rd = Arc::new(rd);
+    let rd = File::adopt(&driver, rd);
     for mode in [KernelDeadline::Enforced, KernelDeadline::CallerOnly] {
         let deadline = Deadline::after(Duration::from_millis(100));
         let r = driver
@@ -85,7 +95,7 @@ async fn a_read_that_never_completes_returns_at_its_deadline() {
             .await;
         let late = deadline.overshoot(Instant::now());
         assert!(
-            matches!(r, Err(DiskError::DeadlineExceeded { .. })),
+            matches!(r, Err(DriverError::Deadline { .. })),
             "{mode:?}: {r:?}"
         );
         assert!(late < Duration::from_millis(300), "{mode:?}: {late:?} late");

@@ -65,9 +65,12 @@ impl Deadline {
         at.saturating_duration_since(self.0)
     }
 
-    /// The same instant for tokio's timer.
-    pub(crate) fn tokio(self) -> tokio::time::Instant {
-        tokio::time::Instant::from_std(self.0)
+    /// A deadline `margin` earlier than this one (never earlier than now):
+    /// what a step gets when part of the budget must stay with its caller,
+    /// e.g. a server answering a remote call before the client gives up.
+    pub fn shrink(self, margin: Duration) -> Deadline {
+        let now = Instant::now();
+        Deadline(self.0.checked_sub(margin).unwrap_or(now).max(now))
     }
 }
 
@@ -98,6 +101,17 @@ mod tests {
         let half = b.fraction(0.5);
         assert!(half < b);
         assert!(half.remaining() <= Duration::from_secs(1));
+    }
+
+    #[test]
+    fn shrink_keeps_a_margin_and_never_goes_into_the_past() {
+        let d = Deadline::after(Duration::from_secs(10));
+        let s = d.shrink(Duration::from_secs(3));
+        assert!(s < d);
+        assert!(s.remaining() <= Duration::from_secs(7));
+        let tight = Deadline::after(Duration::from_millis(1)).shrink(Duration::from_secs(5));
+        assert!(tight.is_expired());
+        assert!(tight.instant() <= Instant::now());
     }
 
     #[test]

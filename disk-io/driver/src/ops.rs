@@ -10,8 +10,9 @@ use io_uring::{opcode, squeue, types};
 
 use super::buf::IoBuf;
 
-/// One kernel operation with its owned arguments.
-pub enum Op {
+/// One kernel operation with its owned arguments. Internal: callers use the
+/// typed calls on [`crate::Driver`], which build these and unpack results.
+pub(crate) enum Op {
     /// `openat2(dirfd, path, how)`; the result is a new fd.
     OpenAt {
         /// Directory the path is relative to.
@@ -20,6 +21,8 @@ pub enum Op {
         path: CString,
         /// Flags, mode and resolve restrictions.
         how: Box<types::OpenHow>,
+        /// `O_PATH` (the new fd may be closed without the ring).
+        path_only: bool,
     },
     /// `pread(fd, buf, len, offset)`.
     Read {
@@ -61,13 +64,15 @@ pub enum Op {
         /// Output.
         out: Box<MaybeUninit<libc::statx>>,
     },
-    /// `renameat2(dirfd, from, dirfd, to, flags)`.
+    /// `renameat2(from_dir, from, to_dir, to, flags)`.
     RenameAt {
-        /// Directory both paths are relative to.
-        dirfd: RawFd,
-        /// Source.
+        /// Directory of the source.
+        from_dir: RawFd,
+        /// Source name.
         from: CString,
-        /// Destination.
+        /// Directory of the destination.
+        to_dir: RawFd,
+        /// Destination name.
         to: CString,
         /// `RENAME_*` flags.
         flags: u32,
@@ -100,13 +105,15 @@ pub enum Op {
 impl Op {
     /// Build the SQE. The pointers inside stay valid because `self` is kept
     /// in the op table, unmoved on the heap where it matters, until the CQE.
-    pub fn entry(&mut self) -> squeue::Entry {
+    pub(crate) fn entry(&mut self) -> squeue::Entry {
         match self {
             // Always punted to io-wq: a non-blocking open attempt inline can
             // still block in a file system's open handler (FUSE sends OPEN and
             // waits, whatever O_NONBLOCK says), which would stall the ring
             // thread and every other op of this disk with it.
-            Op::OpenAt { dirfd, path, how } => {
+            Op::OpenAt {
+                dirfd, path, how, ..
+            } => {
                 opcode::OpenAt2::new(types::Fd(*dirfd), path.as_ptr(), &**how as *const _)
                     .build()
                     .flags(squeue::Flags::ASYNC)
@@ -158,14 +165,15 @@ impl Op {
             .mask(libc::STATX_BASIC_STATS)
             .build(),
             Op::RenameAt {
-                dirfd,
+                from_dir,
                 from,
+                to_dir,
                 to,
                 flags,
             } => opcode::RenameAt::new(
-                types::Fd(*dirfd),
+                types::Fd(*from_dir),
                 from.as_ptr(),
-                types::Fd(*dirfd),
+                types::Fd(*to_dir),
                 to.as_ptr(),
             )
             .flags(*flags)
@@ -185,7 +193,7 @@ impl Op {
     }
 
     /// After a successful read, mark the bytes the kernel wrote as valid.
-    pub fn complete(&mut self, res: i32) {
+    pub(crate) fn complete(&mut self, res: i32) {
         if let Op::Read { buf, .. } = self {
             if res > 0 {
                 let n = (res as usize).min(buf.capacity());

@@ -46,7 +46,7 @@ pub enum OpClass {
     ListDir,
     /// The health machine's active probe (write, read, delete a small file).
     Probe,
-    /// A positional read through the raw driver API ([`crate::driver::Driver::read_at`]).
+    /// A positional read through the driver's raw API (benchmarks).
     RawRead,
     /// A positional write through the raw driver API.
     RawWrite,

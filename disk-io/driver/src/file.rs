@@ -1,0 +1,312 @@
+//! [`File`]: an fd owned by the driver; [`Name`]: one path component;
+//! [`Open`]: the opens disk-io makes.
+//!
+//! **Invariant:** an fd is closed exactly once, and a regular (non-`O_PATH`)
+//! fd is closed through the ring, never by a caller's thread: closing a
+//! file on a FUSE mount sends FLUSH and waits for the daemon, so a close on
+//! a hung mount must be an op the ring can leave behind, not a syscall that
+//! blocks whoever dropped the handle.
+//!
+//! **Invariant:** while an op that uses a `File` is in flight, the op table
+//! holds a clone of it, so the fd cannot be closed (and its number reused)
+//! under the kernel, even when the caller left at its deadline.
+
+use std::ffi::CString;
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use crossbeam_channel::Sender;
+use tokio::sync::OwnedSemaphorePermit;
+
+use crate::ring::{Msg, Submission};
+use crate::ops::Op;
+
+/// An open file or directory. Cheap to clone; the fd is closed when the
+/// last clone (including the ones in-flight ops hold) is dropped, through
+/// the ring, or with [`crate::Driver::close`] to wait for the result.
+#[derive(Clone)]
+pub struct File {
+    pub(crate) inner: Arc<FileInner>,
+}
+
+impl std::fmt::Debug for File {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("File")
+            .field("fd", &self.inner.fd)
+            .field("path_only", &self.inner.path_only)
+            .finish()
+    }
+}
+
+impl File {
+    pub(crate) fn raw(&self) -> RawFd {
+        self.inner.fd
+    }
+
+    /// Hand an fd the caller opened itself to the driver (the bench engine
+    /// opens its test file with std): it is closed through the ring when
+    /// the last clone goes.
+    #[cfg(feature = "raw")]
+    pub fn adopt(driver: &crate::Driver, fd: std::os::fd::OwnedFd) -> File {
+        use std::os::fd::IntoRawFd;
+        File {
+            inner: Arc::new(FileInner::new(
+                fd.into_raw_fd(),
+                false,
+                driver.shared.closer.clone(),
+                None,
+            )),
+        }
+    }
+
+    /// Whether this is an `O_PATH` handle (names entries, reads nothing).
+    pub fn is_path_only(&self) -> bool {
+        self.inner.path_only
+    }
+}
+
+/// How an fd goes back to the kernel.
+#[derive(Clone)]
+pub(crate) struct Closer {
+    pub tx: Sender<Msg>,
+    pub wake: Arc<std::os::fd::OwnedFd>,
+    pub parked: Arc<AtomicBool>,
+}
+
+impl Closer {
+    /// Queue a close on the ring; false if the ring is gone.
+    pub(crate) fn submit(&self, sub: Submission) -> Result<(), Submission> {
+        match self.tx.try_send(Msg::Submit(sub)) {
+            Ok(()) => {
+                if self.parked.swap(false, Ordering::SeqCst) {
+                    crate::wake(&self.wake);
+                }
+                Ok(())
+            }
+            Err(e) => match e.into_inner() {
+                Msg::Submit(s) => Err(s),
+                _ => unreachable!("we sent a Submit"),
+            },
+        }
+    }
+}
+
+pub(crate) struct FileInner {
+    fd: RawFd,
+    path_only: bool,
+    closer: Closer,
+    /// The open-file permit; released when the close completes.
+    permit: std::sync::Mutex<Option<OwnedSemaphorePermit>>,
+    /// Set when [`crate::Driver::close`] took the fd over.
+    taken: AtomicBool,
+}
+
+impl FileInner {
+    pub(crate) fn new(
+        fd: RawFd,
+        path_only: bool,
+        closer: Closer,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> FileInner {
+        debug_assert!(fd >= 0);
+        FileInner {
+            fd,
+            path_only,
+            closer,
+            permit: std::sync::Mutex::new(permit),
+            taken: AtomicBool::new(false),
+        }
+    }
+
+    pub(crate) fn is_path_only(&self) -> bool {
+        self.path_only
+    }
+
+    /// Take the fd and permit over (for a waited close); the drop then
+    /// does nothing.
+    pub(crate) fn take(&self) -> (RawFd, Option<OwnedSemaphorePermit>) {
+        let was = self.taken.swap(true, Ordering::AcqRel);
+        assert!(!was, "an fd is taken over once");
+        (self.fd, self.take_permit())
+    }
+
+    fn take_permit(&self) -> Option<OwnedSemaphorePermit> {
+        self.permit.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+impl Drop for FileInner {
+    fn drop(&mut self) {
+        if self.taken.load(Ordering::Acquire) {
+            return;
+        }
+        let permit = self.take_permit();
+        if self.path_only {
+            // An O_PATH fd never reaches the file system's open or release
+            // handlers, so closing it cannot block on a hung mount.
+            close_now(self.fd);
+            drop(permit);
+            return;
+        }
+        let sub = Submission::fire_and_forget(Op::Close { fd: self.fd }, permit);
+        if let Err(sub) = self.closer.submit(sub) {
+            // The ring is gone (the driver shut down): nothing is left that
+            // could wait on this close except this thread.
+            close_now(self.fd);
+            drop(sub);
+        }
+    }
+}
+
+pub(crate) fn close_now(fd: RawFd) {
+    // SAFETY: the caller owns `fd` and closes it exactly once.
+    unsafe { libc::close(fd) };
+}
+
+/// One path component: not empty, not `.` or `..`, no `/`, no NUL, at most
+/// 255 bytes. Every name-based call (`statx`, `mkdirat`, `unlinkat`,
+/// `renameat`) takes one, relative to a directory [`File`], so no such call
+/// can walk through anything on the disk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Name(CString);
+
+/// Longest component (NAME_MAX).
+pub const NAME_MAX: usize = 255;
+
+impl Name {
+    /// A component, or `None` if `s` is not a single plain one.
+    pub fn new(s: &str) -> Option<Name> {
+        if s.is_empty()
+            || s == "."
+            || s == ".."
+            || s.len() > NAME_MAX
+            || s.bytes().any(|b| b == b'/' || b == 0)
+        {
+            return None;
+        }
+        CString::new(s).ok().map(Name)
+    }
+
+    /// The component as text.
+    pub fn as_str(&self) -> &str {
+        // Built from a &str in `new`.
+        self.0.to_str().unwrap_or_default()
+    }
+
+    pub(crate) fn c_string(&self) -> CString {
+        self.0.clone()
+    }
+}
+
+/// A relative path for an open: components as for [`Name`], joined by `/`.
+/// Opens resolve it with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`, so it
+/// cannot leave its directory or pass through any symlink.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RelPath(CString);
+
+impl RelPath {
+    /// A relative path, or `None` if any component is not a plain [`Name`].
+    pub fn new(s: &str) -> Option<RelPath> {
+        if s.split('/').all(|c| Name::new(c).is_some()) {
+            CString::new(s).ok().map(RelPath)
+        } else {
+            None
+        }
+    }
+
+    /// The path as text.
+    pub fn as_str(&self) -> &str {
+        self.0.to_str().unwrap_or_default()
+    }
+
+    pub(crate) fn c_string(&self) -> CString {
+        self.0.clone()
+    }
+}
+
+impl From<Name> for RelPath {
+    fn from(n: Name) -> RelPath {
+        RelPath(n.0)
+    }
+}
+
+/// What an open is for. Always `O_CLOEXEC`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Open {
+    pub(crate) flags: i32,
+    pub(crate) mode: u32,
+}
+
+impl Open {
+    /// `O_PATH | O_DIRECTORY`: a directory handle to name entries in.
+    pub fn dir_path() -> Open {
+        Open {
+            flags: libc::O_PATH | libc::O_DIRECTORY,
+            mode: 0,
+        }
+    }
+
+    /// `O_RDONLY | O_DIRECTORY`: a directory to fsync or list.
+    pub fn dir() -> Open {
+        Open {
+            flags: libc::O_RDONLY | libc::O_DIRECTORY,
+            mode: 0,
+        }
+    }
+
+    /// `O_RDONLY`.
+    pub fn read() -> Open {
+        Open {
+            flags: libc::O_RDONLY,
+            mode: 0,
+        }
+    }
+
+    /// `O_WRONLY | O_CREAT | O_TRUNC`.
+    pub fn create_truncate(mode: u32) -> Open {
+        Open {
+            flags: libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC,
+            mode,
+        }
+    }
+
+    /// `O_WRONLY | O_CREAT | O_EXCL`.
+    pub fn create_new(mode: u32) -> Open {
+        Open {
+            flags: libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
+            mode,
+        }
+    }
+
+    /// Add `O_DIRECT`.
+    pub fn direct(self) -> Open {
+        Open {
+            flags: self.flags | libc::O_DIRECT,
+            ..self
+        }
+    }
+
+    pub(crate) fn is_path_only(self) -> bool {
+        self.flags & libc::O_PATH != 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_single_plain_components() {
+        for ok in ["a", "x..y", ".hidden", "tmp-1"] {
+            assert!(Name::new(ok).is_some(), "{ok}");
+        }
+        for bad in ["", ".", "..", "a/b", "/a", "a\0b", &"x".repeat(256)] {
+            assert!(Name::new(bad).is_none(), "{bad:?}");
+        }
+        assert!(RelPath::new("v/a/b").is_some());
+        for bad in ["", "v//a", "/v", "v/", "v/../x", "v/./x"] {
+            assert!(RelPath::new(bad).is_none(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,84 @@
+//! The raw positional API the bench engine drives (feature `raw`): the same
+//! ring and op table as every other call, with the kernel deadline optional
+//! so its cost can be priced. Not for storage nodes: an op without a kernel
+//! deadline that hangs holds its permit until the device answers.
+
+use disk_io_api::Deadline;
+
+use crate::ops::Op;
+use crate::{Driver, DriverError, File, IoBuf};
+
+/// Whether the kernel is told about an operation's deadline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KernelDeadline {
+    /// The normal mode: a linked timeout plus the ring thread's deadline
+    /// heap; the kernel stops work nobody waits for.
+    Enforced,
+    /// Neither: only the caller's own wait is bounded.
+    CallerOnly,
+}
+
+impl KernelDeadline {
+    fn kernel(self, deadline: Deadline) -> Option<Deadline> {
+        match self {
+            KernelDeadline::Enforced => Some(deadline),
+            KernelDeadline::CallerOnly => None,
+        }
+    }
+}
+
+impl Driver {
+    /// Read up to `len` bytes (at most the buffer's capacity) at `offset`.
+    pub async fn read_at(
+        &self,
+        file: &File,
+        buf: IoBuf,
+        len: usize,
+        offset: u64,
+        deadline: Deadline,
+        mode: KernelDeadline,
+    ) -> Result<IoBuf, DriverError> {
+        let len = u32::try_from(len.min(buf.capacity())).map_err(|_| DriverError::os(libc::EINVAL))?;
+        let op = Op::Read {
+            fd: file.raw(),
+            buf,
+            len,
+            offset,
+        };
+        let done = self
+            .run(op, [Some(file.clone()), None], mode.kernel(deadline), deadline, None)
+            .await?;
+        match done.op {
+            Op::Read { buf, .. } => Ok(buf),
+            _ => unreachable!("the ring hands back the op it was given"),
+        }
+    }
+
+    /// One kernel write of all valid bytes of `buf` at `offset`; returns the
+    /// buffer and the bytes written.
+    pub async fn write_at(
+        &self,
+        file: &File,
+        buf: IoBuf,
+        offset: u64,
+        deadline: Deadline,
+        mode: KernelDeadline,
+    ) -> Result<(IoBuf, usize), DriverError> {
+        if u32::try_from(buf.len()).is_err() {
+            return Err(DriverError::os(libc::EINVAL));
+        }
+        let op = Op::Write {
+            fd: file.raw(),
+            buf,
+            skip: 0,
+            offset,
+        };
+        let done = self
+            .run(op, [Some(file.clone()), None], mode.kernel(deadline), deadline, None)
+            .await?;
+        match done.op {
+            Op::Write { buf, .. } => Ok((buf, done.res as usize)),
+            _ => unreachable!("the ring hands back the op it was given"),
+        }
+    }
+}
