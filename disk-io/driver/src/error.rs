@@ -6,6 +6,10 @@ use std::time::Duration;
 
 use disk_io_api::{DiskError, Errno, OpClass, PathRule, WrongType};
 
+/// EIO, for outcomes the kernel did not report but that mean the same
+/// (a probe reading back other bytes than it wrote).
+pub const EIO: Errno = Errno(libc::EIO);
+
 /// The errnos disk-io tells apart, by what they mean for a disk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum OsError {

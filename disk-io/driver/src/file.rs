@@ -60,6 +60,29 @@ impl File {
         }
     }
 
+    /// Turn `O_DIRECT` on or off for this open file (an fcntl on the
+    /// descriptor's flags, never I/O, so it cannot block): a shard writer
+    /// writes its unaligned tail without it.
+    pub fn set_direct(&self, on: bool) -> Result<(), crate::DriverError> {
+        let fd = self.raw();
+        // SAFETY: fcntl on an fd this handle keeps open; no memory involved.
+        let fl = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+        let new = if on {
+            fl | libc::O_DIRECT
+        } else {
+            fl & !libc::O_DIRECT
+        };
+        // SAFETY: as above.
+        if fl < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, new) } < 0 {
+            return Err(crate::DriverError::os(
+                std::io::Error::last_os_error()
+                    .raw_os_error()
+                    .unwrap_or(libc::EIO),
+            ));
+        }
+        Ok(())
+    }
+
     /// Whether this is an `O_PATH` handle (names entries, reads nothing).
     pub fn is_path_only(&self) -> bool {
         self.inner.path_only
@@ -215,6 +238,12 @@ impl RelPath {
         }
     }
 
+    /// `.`: the directory itself (a second open of it, e.g. for a listing
+    /// with its own read position).
+    pub fn dot() -> RelPath {
+        RelPath(c".".to_owned())
+    }
+
     /// The path as text.
     pub fn as_str(&self) -> &str {
         self.0.to_str().unwrap_or_default()
@@ -243,6 +272,15 @@ impl Open {
     pub fn dir_path() -> Open {
         Open {
             flags: libc::O_PATH | libc::O_DIRECTORY,
+            mode: 0,
+        }
+    }
+
+    /// `O_PATH`: a handle to `fstat` the entry itself (with
+    /// `RESOLVE_NO_SYMLINKS`, a symlink in its place fails the open).
+    pub fn path() -> Open {
+        Open {
+            flags: libc::O_PATH,
             mode: 0,
         }
     }

@@ -46,7 +46,7 @@ mod ring;
 mod stat;
 
 pub use buf::{AlignedBuf, IoBuf};
-pub use error::{DriverError, OsError};
+pub use error::{DriverError, OsError, EIO};
 pub use file::{File, Name, Open, RelPath, NAME_MAX};
 #[cfg(feature = "raw")]
 pub use raw::KernelDeadline;
@@ -544,7 +544,8 @@ impl Driver {
     }
 
     /// One kernel write of `buf[skip..]` at `offset + skip`. Returns the
-    /// buffer and the bytes written (a short write is returned as such).
+    /// buffer and the bytes written (a short write is returned as such; a
+    /// write of nothing when there was something to write is EIO).
     pub async fn write(
         &self,
         file: &File,
@@ -556,6 +557,7 @@ impl Driver {
         if skip > buf.len() || u32::try_from(buf.len() - skip).is_err() {
             return Err(DriverError::os(libc::EINVAL));
         }
+        let want = buf.len() - skip;
         let op = Op::Write {
             fd: file.raw(),
             buf,
@@ -565,6 +567,10 @@ impl Driver {
         let done = self
             .run_enforced(op, [Some(file.clone()), None], deadline)
             .await?;
+        if done.res == 0 && want > 0 {
+            // A write that makes no progress would make its caller loop.
+            return Err(DriverError::os(libc::EIO));
+        }
         match done.op {
             Op::Write { buf, .. } => Ok((buf, done.res as usize)),
             _ => unreachable!("the ring hands back the op it was given"),

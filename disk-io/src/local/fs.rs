@@ -1,0 +1,291 @@
+//! The file-system algorithms the operations share: resolving a parent
+//! directory beneath the root (creating missing ones durably), whole and
+//! ranged reads and writes, the atomic durable write, and the trash.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use disk_io_api::{Deadline, DiskError, OpClass, PathRule, Result, WrongType};
+use disk_io_driver::{DriverError, File, FileKind, IoBuf, Name, Open, OsError, RelPath, Statx};
+
+use super::paths::{system_name, ObjPath};
+use super::Inner;
+
+/// Permission bits of directories and files disk-io creates.
+pub(crate) const DIR_MODE: u32 = 0o755;
+pub(crate) const FILE_MODE: u32 = 0o644;
+
+impl Inner {
+    /// The API error for a driver error on `path` (see
+    /// [`DriverError::into_disk`]).
+    pub(crate) fn err(e: DriverError, class: OpClass, path: &str) -> DiskError {
+        e.into_disk(class, path)
+    }
+
+    /// Open `rel` beneath the root.
+    pub(crate) async fn open_rel(
+        &self,
+        rel: &RelPath,
+        how: Open,
+        class: OpClass,
+        deadline: Deadline,
+    ) -> Result<File> {
+        self.driver
+            .open(&self.root, rel, how, deadline)
+            .await
+            .map_err(|e| Self::err(e, class, rel.as_str()))
+    }
+
+    /// The parent directory of `p` (`O_RDONLY`, so it can be fsynced). With
+    /// `create`, directories missing between the volume and the target are
+    /// made, each made durable by an fsync of its own parent; the volume
+    /// itself is never created (a missing one is [`DiskError::VolumeNotFound`]).
+    pub(crate) async fn parent_dir(
+        &self,
+        p: &ObjPath,
+        create: bool,
+        class: OpClass,
+        deadline: Deadline,
+    ) -> Result<File> {
+        match self.open_rel(&p.parent(), Open::dir(), class, deadline).await {
+            Err(DiskError::FileNotFound) if create => {}
+            r => return r,
+        }
+        let mut dir = self
+            .open_rel(&RelPath::from(p.vol().name().clone()), Open::dir(), class, deadline)
+            .await
+            .map_err(|e| match e {
+                DiskError::FileNotFound => DiskError::VolumeNotFound,
+                e => e,
+            })?;
+        let mut path = p.vol().as_str().to_string();
+        for name in p.dirs() {
+            path.push('/');
+            path.push_str(name.as_str());
+            match self.driver.mkdirat(&dir, name, DIR_MODE, deadline).await {
+                Ok(()) => self
+                    .driver
+                    .fsync(&dir, false, deadline)
+                    .await
+                    .map_err(|e| Self::err(e, class, &path))?,
+                Err(e) if e.is(OsError::Exists) => {}
+                Err(e) => return Err(Self::err(e, class, &path)),
+            }
+            // Beneath the directory we hold, following no symlink: a
+            // planted link in place of `name` stops here.
+            dir = self
+                .driver
+                .open(&dir, &RelPath::from(name.clone()), Open::dir(), deadline)
+                .await
+                .map_err(|e| Self::err(e, class, &path))?;
+        }
+        Ok(dir)
+    }
+
+    /// Read `len` bytes at `offset`, stopping early only at end of file.
+    pub(crate) async fn read_range(
+        &self,
+        file: &File,
+        offset: u64,
+        len: usize,
+        class: OpClass,
+        deadline: Deadline,
+    ) -> Result<Vec<u8>> {
+        let mut out: Vec<u8> = Vec::new();
+        while out.len() < len {
+            let want = (len - out.len()).min(self.cfg.limits.max_io_size);
+            let buf = self
+                .driver
+                .read(file, IoBuf::with_capacity(want), offset + out.len() as u64, deadline)
+                .await
+                .map_err(|e| Self::err(e, class, ""))?;
+            let got = &buf.as_slice()[..buf.len().min(want)];
+            if got.is_empty() {
+                break;
+            }
+            if out.is_empty() && got.len() == len {
+                let mut v = buf.into_vec();
+                v.truncate(len);
+                return Ok(v);
+            }
+            out.extend_from_slice(got);
+        }
+        Ok(out)
+    }
+
+    /// Write all of `buf` at `offset`, resubmitting after short writes, in
+    /// pieces of at most `max_io_size`. Returns the buffer for reuse.
+    pub(crate) async fn write_all_at(
+        &self,
+        file: &File,
+        mut buf: IoBuf,
+        offset: u64,
+        class: OpClass,
+        deadline: Deadline,
+    ) -> Result<IoBuf> {
+        let total = buf.len();
+        let mut done = 0;
+        while done < total {
+            let (b, n) = self
+                .driver
+                .write(file, buf, done, offset, deadline)
+                .await
+                .map_err(|e| Self::err(e, class, ""))?;
+            buf = b;
+            done += n;
+        }
+        Ok(buf)
+    }
+
+    /// Read a whole regular file of at most `max_read_all` bytes, opened
+    /// beneath `dir`.
+    pub(crate) async fn read_small(
+        &self,
+        dir: &File,
+        rel: &RelPath,
+        class: OpClass,
+        deadline: Deadline,
+    ) -> Result<(Vec<u8>, Statx)> {
+        let file = self
+            .driver
+            .open(dir, rel, Open::read(), deadline)
+            .await
+            .map_err(|e| Self::err(e, class, rel.as_str()))?;
+        let st = self
+            .driver
+            .fstat(&file, deadline)
+            .await
+            .map_err(|e| Self::err(e, class, rel.as_str()))?;
+        match st.kind {
+            FileKind::File => {}
+            FileKind::Dir => return Err(DiskError::WrongFileType(WrongType::IsDirectory)),
+            FileKind::Symlink | FileKind::Other => {
+                return Err(DiskError::InvalidPath {
+                    path: rel.as_str().to_string(),
+                    rule: PathRule::Symlink,
+                })
+            }
+        }
+        let limit = self.cfg.limits.max_read_all;
+        if st.size > limit {
+            return Err(DiskError::TooLarge {
+                size: st.size,
+                limit,
+            });
+        }
+        let data = self
+            .read_range(&file, 0, st.size as usize, class, deadline)
+            .await?;
+        Ok((data, st))
+    }
+
+    /// Replace `dst_dir/dst` atomically and durably: a new file in `tmp`,
+    /// write, fsync, close, rename over the target, fsync of `dst_dir`.
+    /// `committed` turns true once the rename landed, so a caller that runs
+    /// out of time afterwards can tell [`DiskError::NotDurable`] from "not
+    /// applied" (see [`disk_io_api::Disk::write_all`]).
+    pub(crate) async fn atomic_write(
+        &self,
+        dst_dir: &File,
+        dst: &Name,
+        data: &[u8],
+        committed: &AtomicBool,
+        class: OpClass,
+        deadline: Deadline,
+    ) -> Result<()> {
+        let tmp_dir = self.sys()?.tmp.as_ref().ok_or(DiskError::Unformatted)?;
+        let tmp = system_name(&uuid::Uuid::new_v4().to_string());
+        // If the create itself fails or times out there is nothing of ours to
+        // remove yet (a create that lands late leaves a file in `tmp`, which
+        // the owner's next open moves to the trash). Cleaning up only after a
+        // successful create also keeps a hung disk from filling its permits
+        // with cleanups that cannot run either.
+        let file = self
+            .driver
+            .open(tmp_dir, &RelPath::from(tmp.clone()), Open::create_new(FILE_MODE), deadline)
+            .await
+            .map_err(|e| Self::err(e, class, "tmp"))?;
+        let written = async {
+            if !data.is_empty() {
+                self.write_all_at(&file, IoBuf::Vec(data.to_vec()), 0, class, deadline)
+                    .await?;
+            }
+            self.driver
+                .fsync(&file, false, deadline)
+                .await
+                .map_err(|e| Self::err(e, class, "tmp"))?;
+            self.driver
+                .close(file, deadline)
+                .await
+                .map_err(|e| Self::err(e, class, "tmp"))?;
+            self.driver
+                .renameat(tmp_dir, &tmp, dst_dir, dst, false, deadline)
+                .await
+                .map_err(|e| Self::err(e, class, dst.as_str()))
+        }
+        .await;
+        if let Err(e) = written {
+            self.spawn_unlink_tmp(tmp);
+            return Err(e);
+        }
+        committed.store(true, Ordering::Release);
+        self.driver
+            .fsync(dst_dir, false, deadline)
+            .await
+            .map_err(|e| DiskError::NotDurable {
+                op: class,
+                cause: Box::new(Self::err(e, class, dst.as_str())),
+            })
+    }
+
+    /// Move `dir/name` into the trash (one rename, within the deadline) and
+    /// purge it in the background.
+    pub(crate) async fn trash(
+        &self,
+        dir: &File,
+        name: &Name,
+        class: OpClass,
+        deadline: Deadline,
+    ) -> Result<()> {
+        let trash = self.sys()?.trash.as_ref().ok_or(DiskError::ReadOnly { op: class })?;
+        let aside = system_name(&uuid::Uuid::new_v4().to_string());
+        self.driver
+            .renameat(dir, name, trash, &aside, true, deadline)
+            .await
+            .map_err(|e| Self::err(e, class, name.as_str()))?;
+        self.spawn_purge();
+        Ok(())
+    }
+
+    /// Best-effort removal of a leftover temporary file, off the caller's
+    /// path and under its own budget (the owner's next open moves `tmp` to
+    /// the trash anyway).
+    pub(crate) fn spawn_unlink_tmp(&self, name: Name) {
+        let Some(tmp) = self.sys.as_ref().and_then(|s| s.tmp.clone()) else {
+            return;
+        };
+        let driver = self.driver.clone();
+        let deadline = self.cfg.deadline(OpClass::Delete);
+        tokio::spawn(async move {
+            let _ = driver.unlinkat(&tmp, &name, false, deadline).await;
+        });
+    }
+
+    /// Empty the trash in the background (trees moved there by recursive
+    /// deletes, and the previous run's temporary files). Owner only.
+    pub(crate) fn spawn_purge(&self) {
+        let Some(trash) = self.sys.as_ref().and_then(|s| s.trash.clone()) else {
+            return;
+        };
+        let driver = self.driver.clone();
+        let deadline = Deadline::after(self.cfg.timeouts.trash_purge);
+        let limit = self.cfg.limits.max_list_entries;
+        let label = self.label.clone();
+        tokio::spawn(async move {
+            match driver.remove_children(&trash, limit, deadline).await {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(disk = %label, removed = n, "trash purged"),
+                Err(e) => tracing::warn!(disk = %label, error = %e, "trash purge did not finish"),
+            }
+        });
+    }
+}
