@@ -95,11 +95,20 @@ pub(crate) struct Closer {
     pub tx: Sender<Msg>,
     pub wake: Arc<std::os::fd::OwnedFd>,
     pub parked: Arc<AtomicBool>,
+    /// Whether the ring still takes closes. The ring clears it under the
+    /// lock before its last drain of the channel, so a close is either
+    /// queued before that drain (and run by it) or refused (and run by the
+    /// dropping thread): never lost in a channel nobody reads.
+    pub accepting: Arc<std::sync::Mutex<bool>>,
 }
 
 impl Closer {
-    /// Queue a close on the ring; false if the ring is gone.
+    /// Queue a close on the ring; hands it back if the ring is gone.
     pub(crate) fn submit(&self, sub: Submission) -> Result<(), Submission> {
+        let accepting = self.accepting.lock().unwrap_or_else(|e| e.into_inner());
+        if !*accepting {
+            return Err(sub);
+        }
         match self.tx.try_send(Msg::Submit(sub)) {
             Ok(()) => {
                 if self.parked.swap(false, Ordering::SeqCst) {

@@ -250,6 +250,7 @@ impl Driver {
             tx: tx.clone(),
             wake: wake_fd.clone(),
             parked: Arc::new(AtomicBool::new(false)),
+            accepting: Arc::new(Mutex::new(true)),
         };
         let (init_tx, init_rx) = std::sync::mpsc::sync_channel(1);
         let thread = {

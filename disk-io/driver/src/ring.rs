@@ -343,6 +343,11 @@ impl RingThread {
     /// Leave the loop: close the fds of closes still queued (dropped files
     /// whose close never reached the ring), then let go of the ring.
     fn exit(self) {
+        *self
+            .closer
+            .accepting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = false;
         while let Ok(msg) = self.rx.try_recv() {
             if let Msg::Submit(Submission {
                 op: Op::Close { fd },

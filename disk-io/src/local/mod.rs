@@ -382,11 +382,12 @@ pub(crate) struct CachedId {
     size: u64,
 }
 
+// Field order is drop order: the files go back to the ring before the
+// driver's last handle tells the ring to stop.
 pub(crate) struct Inner {
     label: String,
     root_path: PathBuf,
     mode: OpenMode,
-    driver: Driver,
     health: Health,
     cfg: DiskConfig,
     /// The root directory (`O_RDONLY`), opened once: every path resolves
@@ -397,6 +398,7 @@ pub(crate) struct Inner {
     id_cache: Mutex<Option<CachedId>>,
     stall: Option<Arc<dyn StallSource>>,
     monitor: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    driver: Driver,
 }
 
 impl Drop for Inner {
