@@ -6,12 +6,11 @@
 //!   thread and back, with and without kernel-side deadlines.
 
 use std::os::fd::OwnedFd;
-use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use disk_io::driver::{Driver, IoBuf, KernelDeadline};
-use disk_io::{Deadline, Disk, DriverConfig, LocalDisk};
+use disk_io::{Deadline, Disk, LocalDisk};
+use disk_io_driver::{Driver, DriverConfig, File, IoBuf, KernelDeadline};
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -63,10 +62,13 @@ fn driver_round_trip(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("f");
     std::fs::write(&path, vec![7u8; 1 << 20]).expect("write");
-    let file = Arc::new(OwnedFd::from(std::fs::File::open(&path).expect("open")));
     let driver = rt
         .block_on(async { Driver::start("micro", &DriverConfig::default()) })
         .expect("driver");
+    let file = File::adopt(
+        &driver,
+        OwnedFd::from(std::fs::File::open(&path).expect("open")),
+    );
     for (name, mode) in [
         ("driver_round_trip/4k_cached_read", KernelDeadline::Enforced),
         (

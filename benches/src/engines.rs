@@ -26,8 +26,8 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use disk_io::driver::{AlignedBuf, Driver, IoBuf, KernelDeadline};
-use disk_io::{Deadline, DriverConfig};
+use disk_io::Deadline;
+use disk_io_driver::{AlignedBuf, Driver, DriverConfig, IoBuf, KernelDeadline};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -372,8 +372,10 @@ fn run_uring(engine: Engine, ctxs: &[Arc<JobCtx>]) -> Result<Vec<SlotResult>, Be
         for (j, ctx) in ctxs.iter().enumerate() {
             let qd = ctx.spec.iodepth;
             // One ring per job, like one ring per disk in a storage node.
+            // One more permit than the depth, so the zombie cap (which must
+            // be reachable, below max_in_flight) can be the depth itself.
             let cfg = DriverConfig {
-                max_in_flight: qd,
+                max_in_flight: qd + 1,
                 zombie_cap: qd,
                 ring_entries: ((2 * qd + 16) as u32).next_power_of_two(),
                 ..DriverConfig::default()
@@ -383,7 +385,7 @@ fn run_uring(engine: Engine, ctxs: &[Arc<JobCtx>]) -> Result<Vec<SlotResult>, Be
                     engine: engine.as_str(),
                     reason: e.to_string(),
                 })?;
-            let file = Arc::new(OwnedFd::from(open_target(&ctx.spec)?));
+            let file = disk_io_driver::File::adopt(&driver, OwnedFd::from(open_target(&ctx.spec)?));
             let mut bufs = Vec::with_capacity(qd);
             for i in 0..qd {
                 bufs.push(block_buf(ctx.spec.bs, (j * 10_000 + i) as u64)?);
@@ -406,7 +408,7 @@ fn run_uring(engine: Engine, ctxs: &[Arc<JobCtx>]) -> Result<Vec<SlotResult>, Be
 
 async fn uring_job(
     driver: Driver,
-    file: Arc<OwnedFd>,
+    file: disk_io_driver::File,
     ctx: Arc<JobCtx>,
     mut bufs: Vec<AlignedBuf>,
     mode: KernelDeadline,

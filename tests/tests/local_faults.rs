@@ -243,8 +243,10 @@ async fn eio_and_enospc_are_typed_and_never_tear_a_file() {
 
     fx.ctl.fail_eio("/v/meta");
     let r = disk.read_all("v", "meta", setup_deadline()).await;
-    assert_eq!(r.as_ref().map_err(|e| e.kind()), Err("io"), "{r:?}");
-    assert!(matches!(r, Err(DiskError::Io { source_errno, .. }) if source_errno.0 == libc::EIO));
+    assert!(
+        matches!(r, Err(DiskError::MediaError { errno, .. }) if errno.0 == libc::EIO),
+        "{r:?}"
+    );
     assert!(
         !r.as_ref().err().is_some_and(|e| e.is_unavailable()),
         "EIO is an answer, not absence"
@@ -279,7 +281,7 @@ async fn eio_and_enospc_are_typed_and_never_tear_a_file() {
     let r = disk
         .write_all("v", "meta", b"newer", setup_deadline())
         .await;
-    assert_eq!(r.map_err(|e| e.kind()), Err("io"));
+    assert_eq!(r.map_err(|e| e.kind()), Err("media_error"));
     fx.ctl.clear_eio();
     assert_eq!(
         disk.read_all("v", "meta", setup_deadline())
