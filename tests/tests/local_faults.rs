@@ -50,13 +50,25 @@ async fn expect_deadline<T: std::fmt::Debug>(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_operation_misses_its_deadline_on_time_when_hung() {
-    let fx = fuse_disk(never_trip()).await;
+    let mut cfg = never_trip();
+    cfg.timeouts.probe = SHORT;
+    let fx = fuse_disk(cfg).await;
     let disk = &fx.disk;
-    // A shard writer opened while healthy, appended to while hung.
+    disk.make_vol("v2", setup_deadline()).await.expect("make_vol");
+    // Shard writers opened while healthy: one appended to, one finished,
+    // while hung.
     let mut writer = disk
         .create_file("v", "shard", CreateOptions::default(), setup_deadline())
         .await
         .expect("create_file");
+    let mut to_finish = disk
+        .create_file("v", "shard2", CreateOptions::default(), setup_deadline())
+        .await
+        .expect("create_file");
+    to_finish
+        .append(b"staged", setup_deadline())
+        .await
+        .expect("append");
     fx.ctl.hang();
 
     macro_rules! check {
@@ -65,11 +77,23 @@ async fn every_operation_misses_its_deadline_on_time_when_hung() {
             expect_deadline($name, $call, $d).await;
         }};
     }
+    // Every operation of the Disk trait, the shard writer's two, and the
+    // local disk's own (format, probe).
     check!("get_disk_id", |d| disk.disk_id(d));
     check!("disk_info", |d| disk.disk_info(d));
+    check!("make_vol", |d| disk.make_vol("v3", d));
+    check!("list_vols", |d| disk.list_vols(d));
+    check!("stat_vol", |d| disk.stat_vol("v", d));
+    check!("delete_vol", |d| disk.delete_vol("v2", false, d));
     check!("read_all", |d| disk.read_all("v", "meta", d));
     check!("write_all", |d| disk.write_all("v", "meta", b"new", d));
+    check!("create_file", |d| async {
+        disk.create_file("v", "shard3", CreateOptions::default(), d)
+            .await
+            .map(|_| ())
+    });
     check!("append", |d| writer.append(b"shard bytes", d));
+    check!("finish", |d| to_finish.finish(d));
     check!("read_file_at", |d| disk.read_file_at("v", "meta", 0, 3, d));
     check!("stat_file", |d| disk.stat_file("v", "meta", d));
     check!("rename_file", |d| disk
@@ -81,6 +105,11 @@ async fn every_operation_misses_its_deadline_on_time_when_hung() {
         d
     ));
     check!("list_dir", |d| disk.list_dir("v", "", d));
+    check!("format", |d| async {
+        disk.format(0, 1, true, d).await.map(|_| ())
+    });
+    let probe_deadline = Deadline::after(SHORT);
+    expect_deadline("probe", disk.probe(), probe_deadline).await;
     assert!(
         fx.ctl.hung_requests() > 0,
         "the FUSE layer really held requests"
@@ -106,6 +135,187 @@ async fn every_operation_misses_its_deadline_on_time_when_hung() {
             "write_all is all-or-nothing, got {back:?}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_fuse_daemon_is_unavailable_and_takes_the_disk_out() {
+    let mut cfg = DiskConfig::default();
+    cfg.health.faulty_after_misses = 3;
+    cfg.health.no_progress_window = Duration::ZERO;
+    cfg.health.probe_interval = Duration::ZERO;
+    let fx = fuse_disk(cfg).await;
+    let disk = &fx.disk;
+    fx.fs.kill_daemon().expect("abort the FUSE connection");
+    // Each op answers at once (no waiting for a deadline), as unavailable,
+    // typed as a gone device; after a few, the disk is out.
+    let long = || Deadline::after(Duration::from_secs(5));
+    let results = [
+        disk.read_all("v", "meta", long()).await.map(|_| ()),
+        disk.stat_file("v", "meta", long()).await.map(|_| ()),
+        disk.write_all("v", "meta", b"x", long()).await,
+        disk.list_dir("v", "", long()).await.map(|_| ()),
+    ];
+    for r in &results {
+        match r {
+            Err(DiskError::DeviceGone { errno, .. }) => assert_eq!(errno.0, libc::ENOTCONN),
+            Err(DiskError::Faulty { .. }) => {}
+            other => panic!("a dead daemon answered {other:?}"),
+        }
+        let e = r.as_ref().unwrap_err();
+        assert!(e.is_unavailable(), "{e:?} must not count as a vote");
+    }
+    assert!(
+        matches!(results[0], Err(DiskError::DeviceGone { .. })),
+        "{:?}",
+        results[0]
+    );
+    assert!(
+        !disk.state().admits(),
+        "health must take a gone device out; state {:?}",
+        disk.state()
+    );
+    let r = disk.disk_id(long()).await;
+    assert!(matches!(r, Err(DiskError::Faulty { .. })), "{r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zombies_over_the_cap_take_the_disk_out_until_they_drain() {
+    let mut cfg = never_trip();
+    cfg.driver.max_in_flight = 8;
+    cfg.driver.zombie_cap = 3;
+    cfg.health.tick = Duration::from_millis(20);
+    cfg.health.backoff_initial = Duration::from_millis(100);
+    cfg.health.backoff_max = Duration::from_millis(200);
+    cfg.health.recovery_successes = 1;
+    cfg.timeouts.probe = Duration::from_secs(2);
+    let fx = fuse_disk(cfg).await;
+    let disk = fx.disk.clone();
+    fx.ctl.hang();
+    // Six reads that cannot be cancelled out of the hung FUSE request:
+    // their callers leave at the deadline, the kernel keeps them.
+    let mut tasks = Vec::new();
+    for _ in 0..6 {
+        let disk = disk.clone();
+        tasks.push(tokio::spawn(async move {
+            disk.read_all("v", "meta", Deadline::after(SHORT)).await
+        }));
+    }
+    for t in tasks {
+        let r = t.await.expect("task");
+        assert!(matches!(r, Err(DiskError::DeadlineExceeded { .. })), "{r:?}");
+    }
+    let t0 = Instant::now();
+    while disk.state().admits() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "zombies {} over a cap of 3 did not take the disk out",
+            disk.driver_stats().zombies()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(disk.driver_stats().zombies() > 3);
+    match disk.stat_vol("v", setup_deadline()).await {
+        Err(DiskError::Faulty { reason }) => assert!(reason.contains("zombie"), "{reason}"),
+        other => panic!("expected a fail-fast Faulty, got {other:?}"),
+    }
+    // While they last, probes are not even tried.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(!disk.state().admits());
+    fx.ctl.release();
+    let t0 = Instant::now();
+    while disk.state() != HealthState::Online {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "no recovery after the zombies drained (zombies {}, state {:?})",
+            disk.driver_stats().zombies(),
+            disk.state()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(disk.driver_stats().zombies(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_created_directory_and_commit_is_fsynced() {
+    let fx = fuse_disk(never_trip()).await;
+    let disk = &fx.disk;
+    let before = fx.ctl.fsynced_dirs().len();
+    disk.write_all("v", "n1/n2/meta", b"m", setup_deadline())
+        .await
+        .expect("write_all");
+    let synced: Vec<String> = fx.ctl.fsynced_dirs()[before..].to_vec();
+    for dir in ["/v", "/v/n1", "/v/n1/n2"] {
+        assert!(
+            synced.iter().any(|s| s == dir),
+            "{dir} was not fsynced after an entry was created in it: {synced:?}"
+        );
+    }
+    let before = fx.ctl.fsynced_dirs().len();
+    disk.rename_file("v", "n1/n2/meta", "v", "r1/r2/meta", setup_deadline())
+        .await
+        .expect("rename");
+    let synced: Vec<String> = fx.ctl.fsynced_dirs()[before..].to_vec();
+    for dir in ["/v", "/v/r1", "/v/r1/r2"] {
+        assert!(synced.iter().any(|s| s == dir), "{dir}: {synced:?}");
+    }
+    let before = fx.ctl.fsynced_dirs().len();
+    let mut w = disk
+        .create_file("v", "s1/part", CreateOptions::default(), setup_deadline())
+        .await
+        .expect("create_file");
+    w.append(b"abc", setup_deadline()).await.expect("append");
+    w.finish(setup_deadline()).await.expect("finish");
+    let synced: Vec<String> = fx.ctl.fsynced_dirs()[before..].to_vec();
+    for dir in ["/v", "/v/s1"] {
+        assert!(synced.iter().any(|s| s == dir), "{dir}: {synced:?}");
+    }
+    disk.make_vol("nv", setup_deadline()).await.expect("make_vol");
+    assert_eq!(
+        fx.ctl.fsynced_dirs().last().map(String::as_str),
+        Some("/"),
+        "a new volume makes the root fsynced"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_that_cannot_be_made_durable_says_so() {
+    let fx = fuse_disk(never_trip()).await;
+    let disk = &fx.disk;
+    // The rename lands, the directory fsync after it fails: the new
+    // content is visible, and the error says it is not durable.
+    fx.ctl.fail_fsync_dir("/v/d");
+    let r = disk.write_all("v", "d/inner", b"new", setup_deadline()).await;
+    match &r {
+        Err(DiskError::NotDurable { op, cause }) => {
+            assert_eq!(*op, disk_io::OpClass::WriteAll);
+            assert!(matches!(**cause, DiskError::MediaError { .. }), "{cause:?}");
+        }
+        other => panic!("expected NotDurable, got {other:?}"),
+    }
+    assert!(!r.as_ref().unwrap_err().is_unavailable());
+    let r = disk
+        .rename_file("v", "meta", "v", "d/moved", setup_deadline())
+        .await;
+    assert!(matches!(r, Err(DiskError::NotDurable { .. })), "{r:?}");
+    fx.ctl.clear_eio();
+    assert_eq!(
+        disk.read_all("v", "d/inner", setup_deadline()).await.expect("read"),
+        b"new"
+    );
+    assert_eq!(
+        disk.read_all("v", "d/moved", setup_deadline()).await.expect("read"),
+        b"old"
+    );
+    // A failure before the commit leaves nothing changed (see the EIO test
+    // below for the temporary file; here the parent cannot be created).
+    fx.ctl.fail_eio("/v/nope");
+    let r = disk.write_all("v", "nope/x", b"x", setup_deadline()).await;
+    assert!(matches!(r, Err(DiskError::MediaError { .. })), "{r:?}");
+    fx.ctl.clear_eio();
+    assert_eq!(
+        disk.read_all("v", "nope/x", setup_deadline()).await,
+        Err(DiskError::FileNotFound)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,6 +4,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
+/// How many directory fsyncs [`FaultControl::fsynced_dirs`] remembers.
+pub const FSYNCDIR_LOG: usize = 4096;
+
 /// A cheap, clonable handle that flips the faults of one [`FaultFs`](super::FaultFs) while it
 /// runs.
 ///
@@ -31,6 +34,11 @@ struct State {
     parked: usize,
     latency: Duration,
     eio_patterns: Vec<String>,
+    /// `EIO` for directory fsyncs only, on paths containing one of these.
+    fsyncdir_eio_patterns: Vec<String>,
+    /// Paths of the directory fsyncs the daemon saw, oldest first, at most
+    /// `FSYNCDIR_LOG` of them.
+    fsyncdir_log: std::collections::VecDeque<String>,
     enospc: bool,
     /// Bumped by every change of latency/hang, so a sleeping request can tell that its
     /// latency was switched off (it then stops sleeping early).
@@ -130,9 +138,39 @@ impl FaultControl {
         self.update(|s| s.eio_patterns.push(pattern));
     }
 
-    /// Removes all `EIO` rules.
+    /// Removes all `EIO` rules (including directory-fsync ones).
     pub fn clear_eio(&self) {
-        self.update(|s| s.eio_patterns.clear());
+        self.update(|s| {
+            s.eio_patterns.clear();
+            s.fsyncdir_eio_patterns.clear();
+        });
+    }
+
+    /// Adds a rule: only directory fsyncs (`FSYNCDIR`) of paths containing
+    /// `pattern` fail with `EIO`; everything else on them works. This is
+    /// the failure after a rename has landed that makes it not durable.
+    pub fn fail_fsync_dir(&self, pattern: &str) {
+        let pattern = pattern.to_owned();
+        self.update(|s| s.fsyncdir_eio_patterns.push(pattern));
+    }
+
+    /// The directories fsynced so far (paths inside the mount, with a
+    /// leading `/`), oldest first; the log keeps the last
+    /// [`FSYNCDIR_LOG`] entries.
+    pub fn fsynced_dirs(&self) -> Vec<String> {
+        self.state().fsyncdir_log.iter().cloned().collect()
+    }
+
+    /// Records a directory fsync and says whether it must fail.
+    pub(crate) fn on_fsync_dir(&self, path: &str) -> bool {
+        let mut s = self.state();
+        if s.fsyncdir_log.len() >= FSYNCDIR_LOG {
+            s.fsyncdir_log.pop_front();
+        }
+        s.fsyncdir_log.push_back(path.to_string());
+        s.fsyncdir_eio_patterns
+            .iter()
+            .any(|p| path.contains(p.as_str()))
     }
 
     /// While on, requests that may allocate space (write, create, mkdir, mknod, symlink,
@@ -148,6 +186,7 @@ impl FaultControl {
             s.hung = false;
             s.latency = Duration::ZERO;
             s.eio_patterns.clear();
+            s.fsyncdir_eio_patterns.clear();
             s.enospc = false;
         });
     }
@@ -164,6 +203,7 @@ impl FaultControl {
             s.hung = false;
             s.latency = Duration::ZERO;
             s.eio_patterns.clear();
+            s.fsyncdir_eio_patterns.clear();
             s.enospc = false;
         });
     }

@@ -874,6 +874,9 @@ impl Filesystem for PassFs {
         self.ctl.admit();
         let result = self.rel(ino).and_then(|rel| {
             self.check(&rel, Access::Plain)?;
+            if self.ctl.on_fsync_dir(&format!("/{}", rel.display())) {
+                return Err(Errno::EIO);
+            }
             File::open(self.abs(&rel))
                 .and_then(|dir| dir.sync_all())
                 .map_err(errno)

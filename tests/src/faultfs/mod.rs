@@ -156,10 +156,19 @@ impl FaultFs {
         self.teardown()
     }
 
+    /// Kills the daemon as far as the kernel can tell: aborts the FUSE
+    /// connection, so every pending and future request on the mount fails
+    /// with `ENOTCONN`, which is what a crashed FUSE daemon or a lost mount
+    /// looks like to its users. Teardown still unmounts.
+    pub fn kill_daemon(&self) -> Result<()> {
+        self.control.close();
+        self.abort_connection().map_err(HarnessError::Mount)
+    }
+
     /// Aborts the FUSE connection: every pending and future request fails with `ENOTCONN`.
-    fn abort_connection(&self) {
+    fn abort_connection(&self) -> io::Result<()> {
         let Some(connection) = self.connection else {
-            return;
+            return Err(io::Error::other("the FUSE connection number is unknown"));
         };
         // fusectl is not mounted on every machine; we are root, so mount it on demand.
         if !matches!(mounts::is_mounted(Path::new(FUSECTL)), Ok(true)) {
@@ -170,16 +179,20 @@ impl FaultFs {
                 nix::mount::MsFlags::empty(),
                 None::<&str>,
             ) {
-                tracing::warn!(error = %e, "cannot mount fusectl to abort a FUSE connection");
-                return;
+                return Err(io::Error::other(format!(
+                    "cannot mount fusectl to abort a FUSE connection: {e}"
+                )));
             }
         }
         let abort = Path::new(FUSECTL)
             .join(connection.to_string())
             .join("abort");
-        if let Err(e) = stdfs::write(&abort, "1") {
-            tracing::warn!(path = %abort.display(), error = %e, "aborting FUSE connection failed");
-        }
+        stdfs::write(&abort, "1").map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("aborting the FUSE connection ({}): {e}", abort.display()),
+            )
+        })
     }
 
     fn teardown(&mut self) -> Result<()> {
@@ -209,7 +222,9 @@ impl FaultFs {
                 mountpoint = %self.mountpoint.display(),
                 "faultfs still in use after unmount; aborting the FUSE connection"
             );
-            self.abort_connection();
+            if let Err(e) = self.abort_connection() {
+                tracing::warn!(error = %e, "aborting the FUSE connection failed");
+            }
             if !wait_finished(&session, ABORT_GRACE) {
                 // Leave the threads behind rather than block the caller.
                 return result.and(Err(HarnessError::Timeout {

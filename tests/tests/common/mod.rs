@@ -30,7 +30,7 @@ pub struct Fixture {
     pub disk: LocalDisk,
     pub ctl: FaultControl,
     // Field order matters: the disk goes first, then the mount, then the dirs.
-    _fs: FaultFs,
+    pub fs: FaultFs,
     _scratch: ScratchDir,
 }
 
@@ -67,7 +67,7 @@ pub async fn fuse_disk(cfg: DiskConfig) -> Fixture {
     Fixture {
         disk,
         ctl,
-        _fs: fs,
+        fs,
         _scratch: scratch,
     }
 }
