@@ -53,12 +53,31 @@ fn missing_disk_is_a_typed_error() {
 /// how long until the process was gone *and* its stdout and stderr were
 /// closed (what a wrapper such as `timeout` or a pipeline waits for).
 fn diskctl_timed(args: &[&str]) -> (serde_json::Value, bool, Duration) {
+    // The test itself must not hang if the CLI does: wait at most this long.
+    const GIVE_UP: Duration = Duration::from_secs(20);
     let t0 = Instant::now();
-    let out = Command::new(env!("CARGO_BIN_EXE_diskctl"))
+    let child = Command::new(env!("CARGO_BIN_EXE_diskctl"))
         .args(args)
         .stdin(Stdio::null())
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("run diskctl");
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let out = match rx.recv_timeout(GIVE_UP) {
+        Ok(out) => out.expect("wait for diskctl"),
+        Err(_) => {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            panic!("diskctl {args:?} neither exited nor closed its output within {GIVE_UP:?}");
+        }
+    };
     let took = t0.elapsed();
     let text = String::from_utf8_lossy(&out.stdout);
     let v: serde_json::Value = serde_json::from_str(text.trim())
