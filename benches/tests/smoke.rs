@@ -128,10 +128,24 @@ fn vs_fio_runs_the_same_job_and_compares() {
     let (code, out, err) = diskbench(&args);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("(ratios are to fio)"), "{out}");
+    // The IOPS row: "IOPS  <uring> (<ratio>)  <fio> (1.00)". The printed
+    // ratio must be uring's IOPS over fio's, both measured (non-zero).
+    let row = out
+        .lines()
+        .find(|l| l.starts_with("IOPS"))
+        .unwrap_or_else(|| panic!("no IOPS row: {out}"));
+    let nums: Vec<f64> = row
+        .split(|c: char| c.is_whitespace() || c == '(' || c == ')')
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    let [ours, ratio, fio, fio_ratio] = nums[..] else {
+        panic!("IOPS row is not two (value, ratio) pairs: {row:?}");
+    };
+    assert!(ours > 0.0 && fio > 0.0, "{row}");
+    assert!((fio_ratio - 1.0).abs() < 1e-9, "fio is the base: {row}");
     assert!(
-        out.lines()
-            .any(|l| l.starts_with("IOPS") && l.contains("(1.00)")),
-        "{out}"
+        (ratio - ours / fio).abs() <= 0.006 + 0.06 / fio,
+        "printed ratio {ratio} is not {ours} / {fio}: {row}"
     );
 }
 

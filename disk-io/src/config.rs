@@ -92,7 +92,11 @@ impl Limits {
         if self.direct_io_alignment == 0 || !self.direct_io_alignment.is_power_of_two() {
             return Err("limits.direct_io_alignment must be a power of two".into());
         }
-        if self.direct_io_chunk == 0 || !self.direct_io_chunk.is_multiple_of(self.direct_io_alignment) {
+        if self.direct_io_chunk == 0
+            || !self
+                .direct_io_chunk
+                .is_multiple_of(self.direct_io_alignment)
+        {
             return Err(
                 "limits.direct_io_chunk must be a non-zero multiple of the alignment".into(),
             );
@@ -120,9 +124,13 @@ mod tests {
 
     #[test]
     fn bad_configs_are_rejected_with_the_field_named() {
-        let cases: Vec<(fn(&mut DiskConfig), &str)> = vec![
+        type Breaker = fn(&mut DiskConfig);
+        let cases: Vec<(Breaker, &str)> = vec![
             (|c| c.driver.max_in_flight = 0, "max_in_flight"),
-            (|c| c.driver.zombie_cap = c.driver.max_in_flight, "zombie_cap"),
+            (
+                |c| c.driver.zombie_cap = c.driver.max_in_flight,
+                "zombie_cap",
+            ),
             (|c| c.limits.direct_io_alignment = 3000, "alignment"),
             (|c| c.limits.direct_io_chunk = 4097, "direct_io_chunk"),
             (|c| c.health.backoff_initial = Duration::ZERO, "backoff"),

@@ -3,8 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use disk_io_api::DiskId;
 use disk_io_api::DiskError;
+use disk_io_api::DiskId;
 
 /// Path of the format file inside the system directory.
 pub(crate) const FORMAT_FILE: &str = "format.json";

@@ -44,9 +44,8 @@ pub mod stall_ebpf;
 
 pub use config::{DiskConfig, Limits};
 pub use disk_io_api::{
-    Availability, CreateOptions, Deadline, DeleteOptions, Disk, DiskError, DiskId, DiskInfo,
-    Errno, FileInfo, HealthState, OpClass, OpTimeouts, PathRule, Result, ShardWriter, VolInfo,
-    WrongType,
+    Availability, CreateOptions, Deadline, DeleteOptions, Disk, DiskError, DiskId, DiskInfo, Errno,
+    FileInfo, HealthState, OpClass, OpTimeouts, PathRule, Result, ShardWriter, VolInfo, WrongType,
 };
 pub use disk_io_driver::{DriverConfig, DriverStats};
 pub use disk_io_health::{HealthConfig, Transition};

@@ -21,9 +21,18 @@ fn dl() -> Deadline {
 /// Everything observable about a tree, without following symlinks.
 #[derive(Debug, PartialEq, Eq)]
 enum Node {
-    Dir { mtime_ns: i64, mode: u32 },
-    File { bytes: Vec<u8>, mtime_ns: i64, mode: u32 },
-    Link { target: PathBuf },
+    Dir {
+        mtime_ns: i64,
+        mode: u32,
+    },
+    File {
+        bytes: Vec<u8>,
+        mtime_ns: i64,
+        mode: u32,
+    },
+    Link {
+        target: PathBuf,
+    },
 }
 
 fn snapshot(root: &Path) -> BTreeMap<PathBuf, Node> {
@@ -125,7 +134,10 @@ fn is_symlink_refusal<T: std::fmt::Debug>(r: &disk_io::Result<T>) -> bool {
 
 #[track_caller]
 fn refused<T: std::fmt::Debug>(what: &str, r: disk_io::Result<T>) {
-    assert!(is_symlink_refusal(&r), "{what}: expected a symlink refusal, got {r:?}");
+    assert!(
+        is_symlink_refusal(&r),
+        "{what}: expected a symlink refusal, got {r:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -163,8 +175,14 @@ async fn no_operation_reaches_outside_through_a_planted_symlink() {
         Err(DiskError::VolumeExists),
         "the name is taken by the link, nothing is created through it"
     );
-    refused("delete_vol(lvol)", disk.delete_vol("lvol", false, dl()).await);
-    refused("delete_vol(lvol, force)", disk.delete_vol("lvol", true, dl()).await);
+    refused(
+        "delete_vol(lvol)",
+        disk.delete_vol("lvol", false, dl()).await,
+    );
+    refused(
+        "delete_vol(lvol, force)",
+        disk.delete_vol("lvol", true, dl()).await,
+    );
     w.assert_outside_unchanged("volume operations");
 
     // Reads and stats through every kind of planted link.
@@ -176,29 +194,51 @@ async fn no_operation_reaches_outside_through_a_planted_symlink() {
         );
         if *p != "link/new" {
             refused(&format!("read_all(v/{p})"), r);
-            refused(&format!("read_file_at(v/{p})"), disk.read_file_at("v", p, 0, 1, dl()).await);
-            refused(&format!("stat_file(v/{p})"), disk.stat_file("v", p, dl()).await);
+            refused(
+                &format!("read_file_at(v/{p})"),
+                disk.read_file_at("v", p, 0, 1, dl()).await,
+            );
+            refused(
+                &format!("stat_file(v/{p})"),
+                disk.stat_file("v", p, dl()).await,
+            );
         }
     }
-    refused("read_all(lvol/secret)", disk.read_all("lvol", "secret", dl()).await);
-    refused("stat_file(lvol/secret)", disk.stat_file("lvol", "secret", dl()).await);
+    refused(
+        "read_all(lvol/secret)",
+        disk.read_all("lvol", "secret", dl()).await,
+    );
+    refused(
+        "stat_file(lvol/secret)",
+        disk.stat_file("lvol", "secret", dl()).await,
+    );
     refused("list_dir(v/link)", disk.list_dir("v", "link", dl()).await);
     refused("list_dir(v/d/mid)", disk.list_dir("v", "d/mid", dl()).await);
     refused("list_dir(lvol)", disk.list_dir("lvol", "", dl()).await);
     let listing = disk.list_dir("v", "", dl()).await.expect("list_dir(v)");
     assert!(
-        !listing.iter().any(|n| n.starts_with("link") || n.starts_with("flink")),
+        !listing
+            .iter()
+            .any(|n| n.starts_with("link") || n.starts_with("flink")),
         "symlinks are not listed as objects: {listing:?}"
     );
     w.assert_outside_unchanged("reads, stats and listings");
 
     // Writes: nothing may be created, truncated or replaced outside.
     for p in deep_paths {
-        refused(&format!("write_all(v/{p})"), disk.write_all("v", p, b"pwned", dl()).await);
-        let r = disk.create_file("v", p, CreateOptions::default(), dl()).await;
+        refused(
+            &format!("write_all(v/{p})"),
+            disk.write_all("v", p, b"pwned", dl()).await,
+        );
+        let r = disk
+            .create_file("v", p, CreateOptions::default(), dl())
+            .await;
         refused(&format!("create_file(v/{p})"), r.map(|_| ()));
     }
-    refused("write_all(lvol/x)", disk.write_all("lvol", "x", b"pwned", dl()).await);
+    refused(
+        "write_all(lvol/x)",
+        disk.write_all("lvol", "x", b"pwned", dl()).await,
+    );
     refused(
         "create_file(lvol/x)",
         disk.create_file("lvol", "x", CreateOptions::default(), dl())
@@ -226,7 +266,10 @@ async fn no_operation_reaches_outside_through_a_planted_symlink() {
         .map(|_| ()),
     );
     // The writer whose directory became a link keeps writing its own file.
-    writer.append(b" after", dl()).await.expect("append after swap");
+    writer
+        .append(b" after", dl())
+        .await
+        .expect("append after swap");
     assert_eq!(writer.finish(dl()).await.expect("finish"), 12);
     assert_eq!(
         std::fs::read(w.root.join("v/w-moved/shard")).expect("read shard"),
@@ -237,19 +280,23 @@ async fn no_operation_reaches_outside_through_a_planted_symlink() {
     // Renames: neither the source nor the destination may pass a link.
     refused(
         "rename_file(v/link/secret -> v/stolen)",
-        disk.rename_file("v", "link/secret", "v", "stolen", dl()).await,
+        disk.rename_file("v", "link/secret", "v", "stolen", dl())
+            .await,
     );
     refused(
         "rename_file(v/plain -> v/link/planted)",
-        disk.rename_file("v", "plain", "v", "link/planted", dl()).await,
+        disk.rename_file("v", "plain", "v", "link/planted", dl())
+            .await,
     );
     refused(
         "rename_file(v/plain -> lvol/planted)",
-        disk.rename_file("v", "plain", "lvol", "planted", dl()).await,
+        disk.rename_file("v", "plain", "lvol", "planted", dl())
+            .await,
     );
     refused(
         "rename_file(lvol/secret -> v/stolen)",
-        disk.rename_file("lvol", "secret", "v", "stolen", dl()).await,
+        disk.rename_file("lvol", "secret", "v", "stolen", dl())
+            .await,
     );
     w.assert_outside_unchanged("renames");
 
@@ -283,9 +330,13 @@ async fn no_operation_reaches_outside_through_a_planted_symlink() {
         .await
         .expect("rm -r tree");
     disk.make_vol("gone", dl()).await.expect("make_vol");
-    disk.write_all("gone", "x/y", b"y", dl()).await.expect("write");
+    disk.write_all("gone", "x/y", b"y", dl())
+        .await
+        .expect("write");
     w.plant("gone/x/out", &w.outside);
-    disk.delete_vol("gone", true, dl()).await.expect("force delete_vol");
+    disk.delete_vol("gone", true, dl())
+        .await
+        .expect("force delete_vol");
     w.wait_trash_empty();
     w.assert_outside_unchanged("deletes and trash purges");
 
@@ -293,16 +344,21 @@ async fn no_operation_reaches_outside_through_a_planted_symlink() {
     // link, never its target.
     std::fs::remove_file(w.root.join(".disk-io/format.json")).expect("rm format");
     w.plant(".disk-io/format.json", &w.outside.join("secret"));
-    refused("disk_id with a linked format file", disk.disk_id(dl()).await);
+    refused(
+        "disk_id with a linked format file",
+        disk.disk_id(dl()).await,
+    );
     assert_eq!(
         disk.format(0, 0, false, dl()).await.map(|_| ()),
         Err(DiskError::AlreadyFormatted)
     );
     disk.format(0, 0, true, dl()).await.expect("force format");
-    assert!(!std::fs::symlink_metadata(w.root.join(".disk-io/format.json"))
-        .expect("lstat")
-        .file_type()
-        .is_symlink());
+    assert!(
+        !std::fs::symlink_metadata(w.root.join(".disk-io/format.json"))
+            .expect("lstat")
+            .file_type()
+            .is_symlink()
+    );
     disk.disk_info(dl()).await.expect("disk_info");
     disk.probe().await.expect("probe");
     w.assert_outside_unchanged("format, disk_id, disk_info, probe");

@@ -54,7 +54,9 @@ async fn every_operation_misses_its_deadline_on_time_when_hung() {
     cfg.timeouts.probe = SHORT;
     let fx = fuse_disk(cfg).await;
     let disk = &fx.disk;
-    disk.make_vol("v2", setup_deadline()).await.expect("make_vol");
+    disk.make_vol("v2", setup_deadline())
+        .await
+        .expect("make_vol");
     // Shard writers opened while healthy: one appended to, one finished,
     // while hung.
     let mut writer = disk
@@ -202,7 +204,10 @@ async fn zombies_over_the_cap_take_the_disk_out_until_they_drain() {
     }
     for t in tasks {
         let r = t.await.expect("task");
-        assert!(matches!(r, Err(DiskError::DeadlineExceeded { .. })), "{r:?}");
+        assert!(
+            matches!(r, Err(DiskError::DeadlineExceeded { .. })),
+            "{r:?}"
+        );
     }
     let t0 = Instant::now();
     while disk.state().admits() {
@@ -269,7 +274,9 @@ async fn every_created_directory_and_commit_is_fsynced() {
     for dir in ["/v", "/v/s1"] {
         assert!(synced.iter().any(|s| s == dir), "{dir}: {synced:?}");
     }
-    disk.make_vol("nv", setup_deadline()).await.expect("make_vol");
+    disk.make_vol("nv", setup_deadline())
+        .await
+        .expect("make_vol");
     assert_eq!(
         fx.ctl.fsynced_dirs().last().map(String::as_str),
         Some("/"),
@@ -284,7 +291,9 @@ async fn a_commit_that_cannot_be_made_durable_says_so() {
     // The rename lands, the directory fsync after it fails: the new
     // content is visible, and the error says it is not durable.
     fx.ctl.fail_fsync_dir("/v/d");
-    let r = disk.write_all("v", "d/inner", b"new", setup_deadline()).await;
+    let r = disk
+        .write_all("v", "d/inner", b"new", setup_deadline())
+        .await;
     match &r {
         Err(DiskError::NotDurable { op, cause }) => {
             assert_eq!(*op, disk_io::OpClass::WriteAll);
@@ -299,11 +308,15 @@ async fn a_commit_that_cannot_be_made_durable_says_so() {
     assert!(matches!(r, Err(DiskError::NotDurable { .. })), "{r:?}");
     fx.ctl.clear_eio();
     assert_eq!(
-        disk.read_all("v", "d/inner", setup_deadline()).await.expect("read"),
+        disk.read_all("v", "d/inner", setup_deadline())
+            .await
+            .expect("read"),
         b"new"
     );
     assert_eq!(
-        disk.read_all("v", "d/moved", setup_deadline()).await.expect("read"),
+        disk.read_all("v", "d/moved", setup_deadline())
+            .await
+            .expect("read"),
         b"old"
     );
     // A failure before the commit leaves nothing changed (see the EIO test

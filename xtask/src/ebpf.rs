@@ -15,7 +15,7 @@
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use crate::run as sh;
+use crate::sys::{apt_install, cargo, run as sh};
 
 /// Debian packages bpf-linker builds against.
 const APT_PACKAGES: &[&str] = &[
@@ -82,7 +82,7 @@ pub(crate) fn ensure() -> Result<(), String> {
             "setup: eBPF toolchain: installing {} (bpf-linker links against LLVM 22)",
             missing.join(" ")
         );
-        crate::setup::apt_install(&missing)?;
+        apt_install(&missing)?;
     }
 
     let has_src = output(Command::new("rustup").args([
@@ -129,7 +129,7 @@ pub(crate) fn ensure() -> Result<(), String> {
             std::iter::once(PathBuf::from(LLVM_BIN)).chain(std::env::split_paths(&path)),
         )
         .map_err(|e| format!("building PATH: {e}"))?;
-        sh(crate::cargo()
+        sh(cargo()
             .args([
                 "install",
                 "bpf-linker",
@@ -150,7 +150,7 @@ pub(crate) fn ensure() -> Result<(), String> {
 pub(crate) fn build(rest: &[String]) -> Result<(), String> {
     ensure()?;
     let release = !rest.iter().any(|a| a == "--debug");
-    let mut cmd = crate::cargo();
+    let mut cmd = cargo();
     cmd.args(["build", "-p", "probes-ebpf-loader"]);
     if release {
         cmd.arg("--release");

@@ -9,11 +9,14 @@
 //! * `build-ebpf`  setup, then build the eBPF probes from source (`ebpf.rs`)
 //! * `bench-probes`  fio 4 KiB randread with and without the probes (prints the ratio)
 
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 use std::time::Instant;
 
 mod ebpf;
 mod setup;
+mod sys;
+
+use sys::{cargo, run};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -59,24 +62,6 @@ fn usage() {
     );
 }
 
-/// Run a command, echoing it, and fail with its status.
-pub(crate) fn run(cmd: &mut Command) -> Result<(), String> {
-    let shown = format!("{cmd:?}").replace('"', "");
-    eprintln!("+ {shown}");
-    let status = cmd
-        .status()
-        .map_err(|e| format!("cannot start {shown}: {e}"))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(format!("{shown} failed: {status}"))
-    }
-}
-
-fn cargo() -> Command {
-    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-}
-
 /// `cargo run --release` of one target of a workspace package, passing
 /// `rest` through.
 fn cargo_run(package: &str, target: &[&str], rest: &[String]) -> Result<(), String> {
@@ -110,6 +95,20 @@ fn ci() -> Result<(), String> {
         "-D",
         "warnings",
     ]))?;
+    // The library a storage node links, as it links it: default features
+    // only (the workspace build below unifies features across members).
+    run(cargo().args([
+        "clippy",
+        "-p",
+        "disk-io",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    run(cargo()
+        .args(["test", "-p", "disk-io", "--no-fail-fast"])
+        .env("RUST_BACKTRACE", "1"))?;
     // Tests that mount FUSE, attach loop devices or load BPF need root; they
     // fail (never skip) with a message naming the privilege when it is missing.
     run(cargo()

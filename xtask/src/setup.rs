@@ -4,9 +4,9 @@
 //! listed); only what is missing is installed, so a second run takes well
 //! under a second.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-use crate::run as sh;
+use crate::sys::{answers, apt_install, run as sh};
 
 /// A command the project runs, and the Debian package providing it.
 struct Tool {
@@ -42,41 +42,6 @@ const TOOLS: &[Tool] = &[
         why: "FIFO format-file test",
     },
 ];
-
-fn answers(command: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {command}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
-}
-
-pub(crate) fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
-}
-
-/// `apt-get update` then install `packages` (needs root; says so if not).
-pub(crate) fn apt_install(packages: &[&str]) -> Result<(), String> {
-    if !is_root() {
-        return Err(format!(
-            "installing {} needs root (apt-get); run as root or install them yourself",
-            packages.join(" ")
-        ));
-    }
-    sh(Command::new("apt-get")
-        .args(["update", "-qq"])
-        .env("DEBIAN_FRONTEND", "noninteractive"))?;
-    sh(Command::new("apt-get")
-        .args(["install", "-y", "-qq", "--no-install-recommends"])
-        .args(packages)
-        .env("DEBIAN_FRONTEND", "noninteractive"))
-}
 
 pub(crate) fn ensure() -> Result<(), String> {
     let missing: Vec<&Tool> = TOOLS.iter().filter(|t| !answers(t.command)).collect();

@@ -391,7 +391,9 @@ impl DiskError {
     /// operation they called).
     pub fn for_op(self, op: OpClass) -> DiskError {
         match self {
-            DiskError::DeadlineExceeded { waited, .. } => DiskError::DeadlineExceeded { op, waited },
+            DiskError::DeadlineExceeded { waited, .. } => {
+                DiskError::DeadlineExceeded { op, waited }
+            }
             DiskError::DeviceGone { errno, .. } => DiskError::DeviceGone { op, errno },
             DiskError::MediaError { errno, .. } => DiskError::MediaError { op, errno },
             DiskError::Io { errno, .. } => DiskError::Io { op, errno },

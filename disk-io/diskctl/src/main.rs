@@ -173,7 +173,10 @@ fn worker(args: Vec<String>) -> ExitCode {
     let cli = match Cli::try_parse_from(std::iter::once("diskctl".to_string()).chain(args)) {
         Ok(c) => c,
         Err(e) => {
-            println!("{}", json!({"ok": false, "error_kind": "invalid_argument", "unavailable": false, "error": e.to_string()}));
+            println!(
+                "{}",
+                json!({"ok": false, "error_kind": "invalid_argument", "unavailable": false, "error": e.to_string()})
+            );
             return ExitCode::from(2);
         }
     };

@@ -103,7 +103,9 @@ async fn on_a_hung_disk_the_cli_answers_and_exits_by_its_deadline() {
     let ctl = fs.control();
     let dir = fs.mountpoint().to_str().expect("utf8").to_string();
     {
-        let disk = LocalDisk::open(fs.mountpoint(), setup()).await.expect("open");
+        let disk = LocalDisk::open(fs.mountpoint(), setup())
+            .await
+            .expect("open");
         disk.format(0, 0, false, setup()).await.expect("format");
     }
     ctl.hang();
@@ -124,7 +126,10 @@ async fn on_a_hung_disk_the_cli_answers_and_exits_by_its_deadline() {
             "{cmd}: diskctl took {took:?} to exit and close its output on a hung disk"
         );
     }
-    assert!(ctl.hung_requests() > 0, "the FUSE layer really held requests");
+    assert!(
+        ctl.hung_requests() > 0,
+        "the FUSE layer really held requests"
+    );
     ctl.release();
     let (v, ok, _) = diskctl_timed(&["id", dir.as_str(), "--json"]);
     assert!(ok, "after release: {v}");
@@ -134,7 +139,9 @@ async fn on_a_hung_disk_the_cli_answers_and_exits_by_its_deadline() {
 async fn inspecting_a_live_disk_changes_nothing() {
     let d = tempfile::tempdir().expect("tempdir");
     let dir = d.path().to_str().expect("utf8").to_string();
-    let disk = LocalDisk::open(d.path(), setup()).await.expect("owner open");
+    let disk = LocalDisk::open(d.path(), setup())
+        .await
+        .expect("owner open");
     disk.format(1, 2, false, setup()).await.expect("format");
     disk.make_vol("v", setup()).await.expect("make_vol");
     // A leftover file in tmp that only the owner's next open may move.
@@ -207,7 +214,14 @@ fn inspecting_works_on_a_read_only_mount() {
     std::fs::create_dir_all(&ro).expect("mkdir");
     let (v, ok) = diskctl(&["format", src.to_str().expect("utf8"), "--json"]);
     assert!(ok, "{v}");
-    mount(Some(&src), &ro, None::<&str>, MsFlags::MS_BIND, None::<&str>).expect("bind");
+    mount(
+        Some(&src),
+        &ro,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .expect("bind");
     struct Unmount(std::path::PathBuf);
     impl Drop for Unmount {
         fn drop(&mut self) {

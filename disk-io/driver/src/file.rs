@@ -19,8 +19,8 @@ use std::sync::Arc;
 use crossbeam_channel::Sender;
 use tokio::sync::OwnedSemaphorePermit;
 
-use crate::ring::{Msg, Submission};
 use crate::ops::Op;
+use crate::ring::{Msg, Submission};
 
 /// An open file or directory. Cheap to clone; the fd is closed when the
 /// last clone (including the ones in-flight ops hold) is dropped, through
@@ -103,24 +103,25 @@ pub(crate) struct Closer {
 }
 
 impl Closer {
-    /// Queue a close on the ring; hands it back if the ring is gone.
-    pub(crate) fn submit(&self, sub: Submission) -> Result<(), Submission> {
+    /// Close `fd` through the ring, releasing `permit` after its CQE; if
+    /// the ring no longer takes closes, close it here and now.
+    pub(crate) fn close(&self, fd: RawFd, permit: Option<OwnedSemaphorePermit>) {
         let accepting = self.accepting.lock().unwrap_or_else(|e| e.into_inner());
-        if !*accepting {
-            return Err(sub);
-        }
-        match self.tx.try_send(Msg::Submit(sub)) {
-            Ok(()) => {
+        if *accepting {
+            let sub = Submission::fire_and_forget(Op::Close { fd }, permit);
+            // The channel has room for a close per file permit.
+            if self.tx.try_send(Msg::Submit(sub)).is_ok() {
+                drop(accepting);
                 if self.parked.swap(false, Ordering::SeqCst) {
                     crate::wake(&self.wake);
                 }
-                Ok(())
+                return;
             }
-            Err(e) => match e.into_inner() {
-                Msg::Submit(s) => Err(s),
-                _ => unreachable!("we sent a Submit"),
-            },
         }
+        drop(accepting);
+        // The ring is gone (the driver shut down): nothing is left that
+        // could wait on this close except this thread.
+        close_now(fd);
     }
 }
 
@@ -181,13 +182,7 @@ impl Drop for FileInner {
             drop(permit);
             return;
         }
-        let sub = Submission::fire_and_forget(Op::Close { fd: self.fd }, permit);
-        if let Err(sub) = self.closer.submit(sub) {
-            // The ring is gone (the driver shut down): nothing is left that
-            // could wait on this close except this thread.
-            close_now(self.fd);
-            drop(sub);
-        }
+        self.closer.close(self.fd, permit);
     }
 }
 

@@ -438,8 +438,15 @@ impl Driver {
     ) -> Result<File, DriverError> {
         let resolve =
             libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
-        self.open_at(dir.raw(), Some(dir.clone()), path.c_string(), how, resolve, deadline)
-            .await
+        self.open_at(
+            dir.raw(),
+            Some(dir.clone()),
+            path.c_string(),
+            how,
+            resolve,
+            deadline,
+        )
+        .await
     }
 
     /// Opens are always punted to io-wq: a non-blocking open attempt inline
@@ -653,13 +660,9 @@ impl Driver {
                 0
             },
         };
-        self.run_enforced(
-            op,
-            [Some(from_dir.clone()), Some(to_dir.clone())],
-            deadline,
-        )
-        .await
-        .map(|_| ())
+        self.run_enforced(op, [Some(from_dir.clone()), Some(to_dir.clone())], deadline)
+            .await
+            .map(|_| ())
     }
 
     /// Close `file` and wait for the result (a close can report a deferred

@@ -113,11 +113,9 @@ impl Op {
             // thread and every other op of this disk with it.
             Op::OpenAt {
                 dirfd, path, how, ..
-            } => {
-                opcode::OpenAt2::new(types::Fd(*dirfd), path.as_ptr(), &**how as *const _)
-                    .build()
-                    .flags(squeue::Flags::ASYNC)
-            }
+            } => opcode::OpenAt2::new(types::Fd(*dirfd), path.as_ptr(), &**how as *const _)
+                .build()
+                .flags(squeue::Flags::ASYNC),
             Op::Read {
                 fd,
                 buf,

@@ -211,8 +211,8 @@ pub(crate) fn read_dir(dir: &File, limit: usize) -> Result<ReadDir, DriverError>
 
 fn stat_kind(dir: &File, name: &std::ffi::CStr) -> Result<FileKind, DriverError> {
     use nix::sys::stat::{fstatat, SFlag};
-    let st = fstatat(borrow(dir), name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
-        .map_err(nix_err)?;
+    let st =
+        fstatat(borrow(dir), name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW).map_err(nix_err)?;
     let fmt = SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits());
     Ok(match fmt {
         SFlag::S_IFREG => FileKind::File,

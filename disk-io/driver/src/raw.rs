@@ -38,7 +38,8 @@ impl Driver {
         deadline: Deadline,
         mode: KernelDeadline,
     ) -> Result<IoBuf, DriverError> {
-        let len = u32::try_from(len.min(buf.capacity())).map_err(|_| DriverError::os(libc::EINVAL))?;
+        let len =
+            u32::try_from(len.min(buf.capacity())).map_err(|_| DriverError::os(libc::EINVAL))?;
         let op = Op::Read {
             fd: file.raw(),
             buf,
@@ -46,7 +47,13 @@ impl Driver {
             offset,
         };
         let done = self
-            .run(op, [Some(file.clone()), None], mode.kernel(deadline), deadline, None)
+            .run(
+                op,
+                [Some(file.clone()), None],
+                mode.kernel(deadline),
+                deadline,
+                None,
+            )
             .await?;
         match done.op {
             Op::Read { buf, .. } => Ok(buf),
@@ -74,7 +81,13 @@ impl Driver {
             offset,
         };
         let done = self
-            .run(op, [Some(file.clone()), None], mode.kernel(deadline), deadline, None)
+            .run(
+                op,
+                [Some(file.clone()), None],
+                mode.kernel(deadline),
+                deadline,
+                None,
+            )
             .await?;
         match done.op {
             Op::Write { buf, .. } => Ok((buf, done.res as usize)),

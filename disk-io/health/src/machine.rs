@@ -182,7 +182,12 @@ impl Machine {
             HealthState::Faulty if now >= self.next_probe_at => {
                 self.probe_successes = 0;
                 let mut out = Vec::new();
-                self.set(HealthState::Probing, "backoff elapsed; probing", now, &mut out);
+                self.set(
+                    HealthState::Probing,
+                    "backoff elapsed; probing",
+                    now,
+                    &mut out,
+                );
                 (true, out.pop())
             }
             HealthState::Faulty => (false, None),
@@ -465,7 +470,13 @@ mod tests {
             let d = trip_at(seed);
             assert!(d >= ms(100) && d < ms(150), "{d:?}");
         }
-        assert!((0..50).map(trip_at).collect::<std::collections::HashSet<_>>().len() > 1);
+        assert!(
+            (0..50)
+                .map(trip_at)
+                .collect::<std::collections::HashSet<_>>()
+                .len()
+                > 1
+        );
     }
 
     #[test]

@@ -37,7 +37,10 @@ impl Health {
         let now = Instant::now();
         // A per-process random seed: disks (and nodes) jitter differently;
         // tests that need determinism drive `Machine` directly.
-        let seed = std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), label);
+        let seed = std::hash::BuildHasher::hash_one(
+            &std::collections::hash_map::RandomState::new(),
+            label,
+        );
         let (events, _) = watch::channel(Transition {
             from: HealthState::Online,
             to: HealthState::Online,

@@ -46,12 +46,20 @@ impl Inner {
         class: OpClass,
         deadline: Deadline,
     ) -> Result<File> {
-        match self.open_rel(&p.parent(), Open::dir(), class, deadline).await {
+        match self
+            .open_rel(&p.parent(), Open::dir(), class, deadline)
+            .await
+        {
             Err(DiskError::FileNotFound) if create => {}
             r => return r,
         }
         let mut dir = self
-            .open_rel(&RelPath::from(p.vol().name().clone()), Open::dir(), class, deadline)
+            .open_rel(
+                &RelPath::from(p.vol().name().clone()),
+                Open::dir(),
+                class,
+                deadline,
+            )
             .await
             .map_err(|e| match e {
                 DiskError::FileNotFound => DiskError::VolumeNotFound,
@@ -95,7 +103,12 @@ impl Inner {
             let want = (len - out.len()).min(self.cfg.limits.max_io_size);
             let buf = self
                 .driver
-                .read(file, IoBuf::with_capacity(want), offset + out.len() as u64, deadline)
+                .read(
+                    file,
+                    IoBuf::with_capacity(want),
+                    offset + out.len() as u64,
+                    deadline,
+                )
                 .await
                 .map_err(|e| Self::err(e, class, ""))?;
             let got = &buf.as_slice()[..buf.len().min(want)];
@@ -201,7 +214,12 @@ impl Inner {
         // with cleanups that cannot run either.
         let file = self
             .driver
-            .open(tmp_dir, &RelPath::from(tmp.clone()), Open::create_new(FILE_MODE), deadline)
+            .open(
+                tmp_dir,
+                &RelPath::from(tmp.clone()),
+                Open::create_new(FILE_MODE),
+                deadline,
+            )
             .await
             .map_err(|e| Self::err(e, class, "tmp"))?;
         let written = async {
@@ -246,7 +264,11 @@ impl Inner {
         class: OpClass,
         deadline: Deadline,
     ) -> Result<()> {
-        let trash = self.sys()?.trash.as_ref().ok_or(DiskError::ReadOnly { op: class })?;
+        let trash = self
+            .sys()?
+            .trash
+            .as_ref()
+            .ok_or(DiskError::ReadOnly { op: class })?;
         let aside = system_name(&uuid::Uuid::new_v4().to_string());
         self.driver
             .renameat(dir, name, trash, &aside, true, deadline)

@@ -124,19 +124,23 @@ impl LocalDiskBuilder {
             .label
             .unwrap_or_else(|| self.root.display().to_string());
         let class = OpClass::Open;
-        let driver = Driver::start(&label, &self.config.driver).map_err(|e| e.into_disk(class, ""))?;
+        let driver =
+            Driver::start(&label, &self.config.driver).map_err(|e| e.into_disk(class, ""))?;
         let root_text = self.root.display().to_string();
-        let root = tokio::time::timeout_at(tokio_instant(deadline), driver.open_root(&self.root, deadline))
-            .await
-            .unwrap_or(Err(DriverError::Deadline {
-                waited: Duration::ZERO,
-            }))
-            .map_err(|e| match e.os_kind() {
-                Some(OsError::NotFound | OsError::NotDir) => DiskError::DiskNotFound {
-                    reason: format!("{root_text}: {e}"),
-                },
-                _ => e.into_disk(class, &root_text),
-            })?;
+        let root = tokio::time::timeout_at(
+            tokio_instant(deadline),
+            driver.open_root(&self.root, deadline),
+        )
+        .await
+        .unwrap_or(Err(DriverError::Deadline {
+            waited: Duration::ZERO,
+        }))
+        .map_err(|e| match e.os_kind() {
+            Some(OsError::NotFound | OsError::NotDir) => DiskError::DiskNotFound {
+                reason: format!("{root_text}: {e}"),
+            },
+            _ => e.into_disk(class, &root_text),
+        })?;
         let health = Health::new(
             &label,
             self.config.health.clone(),
@@ -216,7 +220,12 @@ impl Opening<'_> {
     /// Open a directory of the system area, refusing a symlink in its place.
     async fn open_dir(&self, dir: &File, name: &str, path: &str) -> Result<File> {
         self.driver
-            .open(dir, &RelPath::from(system_name(name)), Open::dir(), self.deadline)
+            .open(
+                dir,
+                &RelPath::from(system_name(name)),
+                Open::dir(),
+                self.deadline,
+            )
             .await
             .map_err(|e| Self::err(e, path))
     }
@@ -239,15 +248,15 @@ impl Opening<'_> {
             .await
             .map_err(|e| match e.os_kind() {
                 Some(OsError::WouldBlock) => DiskError::InUse {
-                    reason: format!(
-                        "another process holds the exclusive lock on {SYSTEM_DIR}"
-                    ),
+                    reason: format!("another process holds the exclusive lock on {SYSTEM_DIR}"),
                 },
                 _ => Self::err(e, SYSTEM_DIR),
             })?;
         let trash_path = format!("{SYSTEM_DIR}/trash");
         let tmp_path = format!("{SYSTEM_DIR}/tmp");
-        let mut created = self.ensure_dir(&sys, &system_name("trash"), &trash_path).await?;
+        let mut created = self
+            .ensure_dir(&sys, &system_name("trash"), &trash_path)
+            .await?;
         let trash = self.open_dir(&sys, "trash", &trash_path).await?;
         // Leftover temporary files of a previous run go to the trash in one
         // rename (purging `tmp` in place would race with this run's writes).
@@ -263,7 +272,9 @@ impl Opening<'_> {
             Err(e) if e.is(OsError::NotFound) => {}
             Err(e) => return Err(Self::err(e, &tmp_path)),
         }
-        created |= self.ensure_dir(&sys, &system_name("tmp"), &tmp_path).await?;
+        created |= self
+            .ensure_dir(&sys, &system_name("tmp"), &tmp_path)
+            .await?;
         if created {
             self.driver
                 .fsync(&sys, false, d)
@@ -446,14 +457,14 @@ impl Inner {
                 (r, _) => r,
             }
         };
-        let res = match tokio::time::timeout_at(tokio_instant(deadline), body.instrument(span)).await
-        {
-            Ok(r) => r,
-            Err(_) => Err(DiskError::DeadlineExceeded {
-                op: class,
-                waited: started.elapsed(),
-            }),
-        };
+        let res =
+            match tokio::time::timeout_at(tokio_instant(deadline), body.instrument(span)).await {
+                Ok(r) => r,
+                Err(_) => Err(DiskError::DeadlineExceeded {
+                    op: class,
+                    waited: started.elapsed(),
+                }),
+            };
         // Report against the public operation, not its inner step.
         let res = res.map_err(|e| match e {
             DiskError::DeadlineExceeded { .. } => DiskError::DeadlineExceeded {
@@ -488,7 +499,12 @@ impl Inner {
 
     /// Map "not found" to "volume not found" when the volume is missing
     /// (or is not a directory); a volume that is a symlink is refused.
-    async fn explain_not_found(&self, vol: &VolName, class: OpClass, deadline: Deadline) -> DiskError {
+    async fn explain_not_found(
+        &self,
+        vol: &VolName,
+        class: OpClass,
+        deadline: Deadline,
+    ) -> DiskError {
         match self.driver.statx(&self.root, vol.name(), deadline).await {
             Err(e) if e.is(OsError::NotFound) => DiskError::VolumeNotFound,
             Ok(st) if st.kind == disk_io_driver::FileKind::Symlink => DiskError::InvalidPath {

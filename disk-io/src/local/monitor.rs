@@ -51,11 +51,7 @@ impl Inner {
 
     async fn probe_steps(&self, deadline: Deadline) -> Result<()> {
         let class = OpClass::Probe;
-        let tmp = self
-            .sys()?
-            .tmp
-            .as_ref()
-            .ok_or(DiskError::Unformatted)?;
+        let tmp = self.sys()?.tmp.as_ref().ok_or(DiskError::Unformatted)?;
         let name = system_name(&format!("probe-{}", uuid::Uuid::new_v4()));
         let pattern: Vec<u8> = (0..PROBE_SIZE).map(|i| (i * 31 + 7) as u8).collect();
         let committed = AtomicBool::new(false);
@@ -98,8 +94,9 @@ impl Inner {
         let cap = self.cfg.driver.zombie_cap;
         crate::metrics::driver_gauges(&self.label, stats.in_flight(), zombies);
         if zombies > cap {
-            self.health
-                .hold(&format!("{zombies} zombie operations exceed the cap of {cap}"));
+            self.health.hold(&format!(
+                "{zombies} zombie operations exceed the cap of {cap}"
+            ));
             return;
         }
         if let Some(stall) = self.stall.as_ref().and_then(|s| s.check()) {

@@ -173,7 +173,11 @@ impl Disk for LocalDisk {
         inner.writable(class)?;
         inner
             .run(class, deadline, None, async {
-                match inner.driver.mkdirat(&inner.root, v.name(), DIR_MODE, deadline).await {
+                match inner
+                    .driver
+                    .mkdirat(&inner.root, v.name(), DIR_MODE, deadline)
+                    .await
+                {
                     Ok(()) => {}
                     Err(e) if e.is(OsError::Exists) => return Err(DiskError::VolumeExists),
                     Err(e) => return Err(Inner::err(e, class, vol)),
@@ -265,7 +269,11 @@ impl Disk for LocalDisk {
         inner.writable(class)?;
         inner
             .run(class, deadline, None, async {
-                match inner.driver.unlinkat(&inner.root, v.name(), true, deadline).await {
+                match inner
+                    .driver
+                    .unlinkat(&inner.root, v.name(), true, deadline)
+                    .await
+                {
                     Ok(()) => Ok(()),
                     Err(e) if e.is(OsError::NotEmpty) && force => {
                         inner.trash(&inner.root, v.name(), class, deadline).await
@@ -403,8 +411,12 @@ impl Disk for LocalDisk {
         }
         inner
             .run(class, deadline, Some(p.vol()), async {
-                let file = inner.open_rel(&p.rel(), Open::read(), class, deadline).await?;
-                let data = inner.read_range(&file, offset, len, class, deadline).await?;
+                let file = inner
+                    .open_rel(&p.rel(), Open::read(), class, deadline)
+                    .await?;
+                let data = inner
+                    .read_range(&file, offset, len, class, deadline)
+                    .await?;
                 if data.len() < len {
                     // Reading a directory fails with EISDIR above; a short
                     // read is a file that ends before the range does.
@@ -426,7 +438,9 @@ impl Disk for LocalDisk {
             .run(class, deadline, Some(p.vol()), async {
                 // An O_PATH open resolves every component, the last one
                 // included, without following a symlink; then fstat.
-                let file = inner.open_rel(&p.rel(), Open::path(), class, deadline).await?;
+                let file = inner
+                    .open_rel(&p.rel(), Open::path(), class, deadline)
+                    .await?;
                 let st = inner
                     .driver
                     .fstat(&file, deadline)
@@ -531,7 +545,9 @@ impl Disk for LocalDisk {
         let d = DirPath::new(vol, dir)?;
         inner
             .run(class, deadline, Some(d.vol()), async {
-                let dir = inner.open_rel(&d.rel(), Open::dir(), class, deadline).await?;
+                let dir = inner
+                    .open_rel(&d.rel(), Open::dir(), class, deadline)
+                    .await?;
                 let limit = inner.cfg.limits.max_list_entries;
                 let listing = inner
                     .driver

@@ -107,9 +107,7 @@ impl ObjPath {
             match comp {
                 "" => return bad(PathRule::EmptyComponent),
                 "." | ".." => return bad(PathRule::DotComponent),
-                c if c.len() > disk_io_driver::NAME_MAX => {
-                    return bad(PathRule::ComponentTooLong)
-                }
+                c if c.len() > disk_io_driver::NAME_MAX => return bad(PathRule::ComponentTooLong),
                 c => match Name::new(c) {
                     Some(n) => comps.push(n),
                     None => return bad(PathRule::EmptyComponent),
@@ -132,7 +130,10 @@ impl ObjPath {
     /// The target's parent directory, beneath the root (at least the
     /// volume).
     pub(crate) fn parent(&self) -> RelPath {
-        let cut = self.text.rfind('/').unwrap_or_else(|| unreachable!("vol/..."));
+        let cut = self
+            .text
+            .rfind('/')
+            .unwrap_or_else(|| unreachable!("vol/..."));
         RelPath::new(&self.text[..cut]).unwrap_or_else(|| unreachable!("validated components"))
     }
 
@@ -143,7 +144,9 @@ impl ObjPath {
 
     /// The target's own name in its parent.
     pub(crate) fn name(&self) -> &Name {
-        self.comps.last().unwrap_or_else(|| unreachable!("at least one component"))
+        self.comps
+            .last()
+            .unwrap_or_else(|| unreachable!("at least one component"))
     }
 
     pub(crate) fn as_str(&self) -> &str {
