@@ -310,6 +310,28 @@ fn a_bad_inflight_table_size_is_refused_with_its_bound_and_leaves_nothing() {
 }
 
 #[test]
+fn a_start_refused_after_making_the_pin_directory_removes_it() {
+    need_root();
+    // Not on bpffs: found out only once the directories exist.
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let outer = tmp.path().join("outer");
+    let dir = outer.join("pins");
+    let out = run(&mut loader(&[
+        "run",
+        "--listen",
+        "127.0.0.1:0",
+        "--pin-dir",
+        dir.to_str().expect("utf-8"),
+    ]));
+    assert_clear_failure(&out, "is not on a bpffs");
+    assert!(!outer.exists(), "a refused start left {}", outer.display());
+    assert!(
+        tmp.path().exists(),
+        "it removed a directory it did not make"
+    );
+}
+
+#[test]
 fn status_on_a_dead_loader_exits_non_zero() {
     need_root();
     let dir = pin_dir("dead");
