@@ -67,6 +67,20 @@ fn assert_clear_failure(out: &Output, expect: &str) {
     assert!(stderr.contains(expect), "expected {expect:?} in:\n{stderr}");
 }
 
+/// `probe-loader run --listen 127.0.0.1:0 --pin-dir DIR EXTRA...`, run to
+/// completion (for starts that are meant to be refused).
+fn run_refused(dir: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "run",
+        "--listen",
+        "127.0.0.1:0",
+        "--pin-dir",
+        dir.to_str().expect("utf-8 pin dir"),
+    ];
+    args.extend_from_slice(extra);
+    run(&mut loader(&args))
+}
+
 fn loader(args: &[&str]) -> Command {
     let mut c = Command::new(BIN);
     c.args(args).env("RUST_LOG", "warn");
@@ -92,29 +106,13 @@ fn without_privilege_it_names_the_capabilities() {
 fn without_btf_it_says_so() {
     need_root();
     let dir = pin_dir("nobtf");
-    let out = run(&mut loader(&[
-        "run",
-        "--listen",
-        "127.0.0.1:0",
-        "--btf",
-        "/nonexistent/vmlinux",
-        "--pin-dir",
-        dir.to_str().expect("utf-8"),
-    ]));
+    let out = run_refused(&dir, &["--btf", "/nonexistent/vmlinux"]);
     assert_clear_failure(&out, "no usable kernel BTF at /nonexistent/vmlinux");
     assert_clear_failure(&out, "CONFIG_DEBUG_INFO_BTF");
     // A file that is not BTF.
     let garbage = std::env::temp_dir().join(format!("not-btf-{}", std::process::id()));
     std::fs::write(&garbage, b"this is not BTF").expect("write");
-    let out = run(&mut loader(&[
-        "run",
-        "--listen",
-        "127.0.0.1:0",
-        "--btf",
-        garbage.to_str().expect("utf-8"),
-        "--pin-dir",
-        dir.to_str().expect("utf-8"),
-    ]));
+    let out = run_refused(&dir, &["--btf", garbage.to_str().expect("utf-8")]);
     let _ = std::fs::remove_file(&garbage);
     assert_clear_failure(&out, "not a BTF file");
     assert!(!dir.exists(), "a failed start left {}", dir.display());
@@ -124,15 +122,7 @@ fn without_btf_it_says_so() {
 fn unknown_device_is_refused_by_name() {
     need_root();
     let dir = pin_dir("nodev");
-    let out = run(&mut loader(&[
-        "run",
-        "--listen",
-        "127.0.0.1:0",
-        "--device",
-        "no-such-disk",
-        "--pin-dir",
-        dir.to_str().expect("utf-8"),
-    ]));
+    let out = run_refused(&dir, &["--device", "no-such-disk"]);
     assert_clear_failure(&out, "unknown block device `no-such-disk`");
 }
 
@@ -225,13 +215,7 @@ fn status_json(dir: &str) -> (Option<i32>, serde_json::Value) {
 
 /// A second `run` on `dir` is refused, naming the owner `pid`.
 fn second_start_refused(dir: &str, pid: u32) -> Output {
-    let out = run(&mut loader(&[
-        "run",
-        "--listen",
-        "127.0.0.1:0",
-        "--pin-dir",
-        dir,
-    ]));
+    let out = run_refused(Path::new(dir), &[]);
     assert_clear_failure(
         &out,
         &format!("another probe loader (pid {pid}) is running"),
@@ -289,15 +273,7 @@ fn a_bad_inflight_table_size_is_refused_with_its_bound_and_leaves_nothing() {
     let parent = pin_dir("inflight");
     let dir = parent.join("nested");
     for bad in ["0", "63", "1048577", "4000000000"] {
-        let out = run(&mut loader(&[
-            "run",
-            "--listen",
-            "127.0.0.1:0",
-            "--pin-dir",
-            dir.to_str().expect("utf-8"),
-            "--inflight-entries",
-            bad,
-        ]));
+        let out = run_refused(&dir, &["--inflight-entries", bad]);
         assert_clear_failure(&out, "--inflight-entries");
         assert_clear_failure(&out, &format!("between 64 and 1048576 (got {bad})"));
         assert!(!dir.exists(), "a refused start left {}", dir.display());
@@ -316,13 +292,7 @@ fn a_start_refused_after_making_the_pin_directory_removes_it() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let outer = tmp.path().join("outer");
     let dir = outer.join("pins");
-    let out = run(&mut loader(&[
-        "run",
-        "--listen",
-        "127.0.0.1:0",
-        "--pin-dir",
-        dir.to_str().expect("utf-8"),
-    ]));
+    let out = run_refused(&dir, &[]);
     assert_clear_failure(&out, "is not on a bpffs");
     assert!(!outer.exists(), "a refused start left {}", outer.display());
     assert!(
