@@ -2,11 +2,13 @@
 //! `ebpf-stall`).
 //!
 //! The probe loader (`probe-loader run`) pins the probes' maps under bpffs.
-//! This module opens the pinned in-flight table (request → issue time,
-//! device, op, bytes) and, for each disk, the whole block device its
-//! directory lives on: `stat(dir)` → `st_dev` major:minor →
-//! `/sys/dev/block/MAJ:MIN` → the parent disk if that is a partition (loop
-//! devices are whole disks).
+//! This module reads them through `probes-ebpf-reader`, the one reader the
+//! loader itself uses: the pinned in-flight table (request → issue time,
+//! device, op, bytes), scanned with a bound, and the loader's liveness,
+//! judged by the same rule `probe-loader status` applies. For each disk it
+//! watches the whole block device its directory lives on: `stat(dir)` →
+//! `st_dev` major:minor → `/sys/dev/block/MAJ:MIN` → the parent disk if that
+//! is a partition (loop devices are whole disks).
 //!
 //! # Threshold semantics
 //!
@@ -25,21 +27,34 @@
 //! issued it; disks sharing a device (partitions of one disk) stall
 //! together.
 //!
-//! When no loader runs, or its heartbeat is older than
-//! [`EbpfStallConfig::heartbeat_timeout`] (a loader that died leaves its
-//! pins and stale entries behind), the source reports no stall and logs a
-//! warning at most every [`EbpfStallConfig::warn_interval`]: a missing
-//! probe must not take disks out. The maps are reopened from their pins
-//! then, so a restarted loader is picked up.
+//! # No loader, no stall
+//!
+//! The maps are believed only while the liveness rule says the loader runs
+//! ([`probes_ebpf_reader::judge`]: it owns the pin directory and its
+//! heartbeat is fresh). A loader that died leaves pins whose in-flight
+//! entries never complete; a paused one stops updating them. Then the
+//! source reports no stall and logs a warning at most every
+//! [`EbpfStallConfig::warn_interval`]: a missing probe must not take disks
+//! out. The pins are reopened on the next poll, so a restarted loader is
+//! picked up.
+//!
+//! # Resolving a directory to its device
+//!
+//! `stat` blocks on a hung file system, so it runs on one resolver thread
+//! per monitor, fed through a queue of [`EbpfStallConfig::resolve_queue`]
+//! requests; a caller waits at most [`EbpfStallConfig::resolve_timeout`].
+//! However many resolves a hung path sees, there is one thread, and a full
+//! queue is refused at once ([`EbpfStallError::ResolverBusy`]).
 
-use std::collections::{HashMap as StdHashMap, HashSet};
+use std::collections::HashMap as StdHashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use aya::maps::{Array, HashMap, Map, MapData};
-use probes_ebpf_common::sysfs::{self, BlockDevice, SysfsError};
-use probes_ebpf_common::{maps as names, Inflight, LoaderState, ABI_VERSION, DEFAULT_PIN_DIR};
+use probes_ebpf_reader::common::sysfs::{self, BlockDevice, SysfsError};
+use probes_ebpf_reader::common::DEFAULT_PIN_DIR;
+use probes_ebpf_reader::{monotonic_ns, Liveness, LivenessConfig, PinnedMaps, ReaderError};
 
 use crate::stall::{Stall, StallSource};
 
@@ -56,11 +71,14 @@ pub struct EbpfStallConfig {
     /// `--inflight-entries`; deletions during a walk restart it, hence the
     /// bound).
     pub max_scan_entries: usize,
-    /// The loader counts as gone when its heartbeat is older than this (or
-    /// than five of its scan intervals, whichever is longer).
-    pub heartbeat_timeout: Duration,
+    /// The liveness rule's parameters (the same defaults `probe-loader
+    /// status` uses).
+    pub liveness: LivenessConfig,
     /// Bound for `stat` of a disk's directory when mapping it to its device.
     pub resolve_timeout: Duration,
+    /// Resolve requests queued for the resolver thread at most (a hung
+    /// `stat` holds the thread; later requests wait here or are refused).
+    pub resolve_queue: usize,
     /// Least time between two "no loader" warnings.
     pub warn_interval: Duration,
 }
@@ -72,8 +90,9 @@ impl Default for EbpfStallConfig {
             threshold: Duration::from_secs(1),
             cache_ttl: Duration::from_millis(20),
             max_scan_entries: 32_768,
-            heartbeat_timeout: Duration::from_secs(2),
+            liveness: LivenessConfig::default(),
             resolve_timeout: Duration::from_secs(2),
+            resolve_queue: 16,
             warn_interval: Duration::from_secs(30),
         }
     }
@@ -82,33 +101,18 @@ impl Default for EbpfStallConfig {
 /// Why the eBPF stall source cannot answer.
 #[derive(Debug, thiserror::Error)]
 pub enum EbpfStallError {
-    /// No loader has pinned maps there.
-    #[error("no probe loader: {0} not found (is `probe-loader run` running with this --pin-dir?)")]
-    NoLoader(PathBuf),
-    /// The loader's heartbeat is too old: it died or hangs.
-    #[error("the probe loader's heartbeat is {age:?} old (pid {pid}); its maps are stale")]
-    Stale {
-        /// Age of the last heartbeat.
-        age: Duration,
-        /// The loader's pid.
+    /// The pins cannot be opened or read (no loader has pinned there:
+    /// [`ReaderError::NotRunning`]; another layout:
+    /// [`ReaderError::AbiMismatch`]; a map error).
+    #[error(transparent)]
+    Reader(#[from] ReaderError),
+    /// The maps belong to no running loader.
+    #[error("the probe loader (pid {pid}) that pinned the maps is not running ({liveness:?}); its maps are not believed")]
+    NotLive {
+        /// The liveness rule's verdict.
+        liveness: Liveness,
+        /// The pid in the loader's heartbeat record.
         pid: u32,
-    },
-    /// The pinned maps have another layout.
-    #[error("pinned maps have layout version {found}, this build reads {expected}")]
-    AbiMismatch {
-        /// Found.
-        found: u32,
-        /// Expected.
-        expected: u32,
-    },
-    /// A map could not be opened or read.
-    #[error("map {map}: {source}")]
-    Map {
-        /// The map.
-        map: &'static str,
-        /// The aya error.
-        #[source]
-        source: aya::maps::MapError,
     },
     /// The disk's directory is not on a block device we can find.
     #[error(transparent)]
@@ -121,34 +125,19 @@ pub enum EbpfStallError {
         /// The bound.
         timeout: Duration,
     },
-}
-
-struct Maps {
-    inflight: HashMap<MapData, u64, Inflight>,
-    state: Array<MapData, LoaderState>,
-}
-
-fn open_maps(dir: &Path) -> Result<Maps, EbpfStallError> {
-    let open = |name: &'static str| -> Result<Map, EbpfStallError> {
-        let path = dir.join(name);
-        if !path.exists() {
-            return Err(EbpfStallError::NoLoader(path));
-        }
-        let data =
-            MapData::from_pin(&path).map_err(|source| EbpfStallError::Map { map: name, source })?;
-        Map::from_map_data(data).map_err(|source| EbpfStallError::Map { map: name, source })
-    };
-    let inflight =
-        HashMap::try_from(open(names::INFLIGHT)?).map_err(|source| EbpfStallError::Map {
-            map: names::INFLIGHT,
-            source,
-        })?;
-    let state =
-        Array::try_from(open(names::LOADER_STATE)?).map_err(|source| EbpfStallError::Map {
-            map: names::LOADER_STATE,
-            source,
-        })?;
-    Ok(Maps { inflight, state })
+    /// The resolver's queue is full (its thread is stuck in a `stat`).
+    #[error(
+        "cannot resolve {path}: {queued} resolves already wait for a stat that does not answer"
+    )]
+    ResolverBusy {
+        /// The directory.
+        path: PathBuf,
+        /// The queue bound.
+        queued: usize,
+    },
+    /// The resolver thread could not be started.
+    #[error("cannot start the resolver thread: {0}")]
+    ResolverSpawn(#[source] std::io::Error),
 }
 
 /// Oldest in-flight request per device, from one scan.
@@ -161,9 +150,101 @@ struct Scan {
 
 #[derive(Default)]
 struct State {
-    maps: Option<Maps>,
+    pins: Option<PinnedMaps>,
     scan: Scan,
     last_warn: Option<Instant>,
+}
+
+type Resolved = Result<BlockDevice, SysfsError>;
+
+/// One resolve request for the resolver thread.
+struct Job {
+    path: PathBuf,
+    /// The caller has stopped waiting by then: skip the `stat`.
+    give_up_at: Instant,
+    reply: SyncSender<Resolved>,
+}
+
+/// The one resolver thread of a monitor (started on first use; it ends
+/// when the monitor is dropped, after any `stat` it is stuck in returns).
+#[derive(Default)]
+struct Resolver {
+    jobs: Mutex<Option<SyncSender<Job>>>,
+}
+
+impl Resolver {
+    fn sender(&self, queue: usize) -> Result<SyncSender<Job>, EbpfStallError> {
+        let mut jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(tx) = jobs.as_ref() {
+            return Ok(tx.clone());
+        }
+        let (tx, rx) = mpsc::sync_channel(queue);
+        std::thread::Builder::new()
+            .name("disk-io-resolve".into())
+            .spawn(move || serve_resolves(&rx))
+            .map_err(EbpfStallError::ResolverSpawn)?;
+        *jobs = Some(tx.clone());
+        Ok(tx)
+    }
+
+    fn forget(&self) {
+        *self.jobs.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// `sysfs::disk_of_path(dir)` on the resolver thread, waiting at most
+    /// `timeout`.
+    fn resolve(
+        &self,
+        dir: &Path,
+        timeout: Duration,
+        queue: usize,
+    ) -> Result<BlockDevice, EbpfStallError> {
+        let (reply, answer) = mpsc::sync_channel(1);
+        let job = Job {
+            path: dir.to_path_buf(),
+            give_up_at: Instant::now() + timeout,
+            reply,
+        };
+        match self.sender(queue)?.try_send(job) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                return Err(EbpfStallError::ResolverBusy {
+                    path: dir.to_path_buf(),
+                    queued: queue,
+                })
+            }
+            Err(TrySendError::Disconnected(job)) => {
+                // The thread is gone (it cannot panic, but be sure): start
+                // a new one.
+                self.forget();
+                self.sender(queue)?
+                    .try_send(job)
+                    .map_err(|_| EbpfStallError::ResolverBusy {
+                        path: dir.to_path_buf(),
+                        queued: queue,
+                    })?;
+            }
+        }
+        match answer.recv_timeout(timeout) {
+            Ok(r) => Ok(r?),
+            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {
+                Err(EbpfStallError::ResolveTimeout {
+                    path: dir.to_path_buf(),
+                    timeout,
+                })
+            }
+        }
+    }
+}
+
+fn serve_resolves(jobs: &Receiver<Job>) {
+    for job in jobs {
+        if Instant::now() >= job.give_up_at {
+            continue;
+        }
+        // The caller may have left meanwhile; nothing to do then.
+        let _ = job.reply.send(sysfs::disk_of_path(&job.path));
+    }
 }
 
 /// Reads the pinned in-flight table for any number of disks; one per
@@ -173,6 +254,7 @@ struct State {
 pub struct EbpfStallMonitor {
     cfg: EbpfStallConfig,
     state: Mutex<State>,
+    resolver: Resolver,
 }
 
 impl std::fmt::Debug for EbpfStallMonitor {
@@ -180,14 +262,6 @@ impl std::fmt::Debug for EbpfStallMonitor {
         f.debug_struct("EbpfStallMonitor")
             .field("cfg", &self.cfg)
             .finish_non_exhaustive()
-    }
-}
-
-fn monotonic_ns() -> u64 {
-    match nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC) {
-        Ok(ts) => Duration::from(ts).as_nanos() as u64,
-        // Cannot fail on Linux; 0 makes every age small (never a false stall).
-        Err(_) => 0,
     }
 }
 
@@ -199,6 +273,7 @@ impl EbpfStallMonitor {
         Arc::new(EbpfStallMonitor {
             cfg,
             state: Mutex::new(State::default()),
+            resolver: Resolver::default(),
         })
     }
 
@@ -208,9 +283,11 @@ impl EbpfStallMonitor {
     }
 
     /// A stall source for the disk rooted at `dir` (its whole block device
-    /// is found with a bounded `stat`).
+    /// is found with a bounded `stat` on the monitor's resolver thread).
     pub fn source_for_dir(self: &Arc<Self>, dir: &Path) -> Result<EbpfStallSource, EbpfStallError> {
-        let device = resolve_bounded(dir, self.cfg.resolve_timeout)?;
+        let device =
+            self.resolver
+                .resolve(dir, self.cfg.resolve_timeout, self.cfg.resolve_queue.max(1))?;
         Ok(self.source_for_device(device))
     }
 
@@ -237,7 +314,7 @@ impl EbpfStallMonitor {
             if let Err(e) = self.rescan(&mut st) {
                 // Drop the handles: the next call reopens the pins (a
                 // restarted loader pins new maps).
-                st.maps = None;
+                st.pins = None;
                 st.scan = Scan::default();
                 return Err(e);
             }
@@ -246,55 +323,28 @@ impl EbpfStallMonitor {
     }
 
     fn rescan(&self, st: &mut State) -> Result<(), EbpfStallError> {
-        if st.maps.is_none() {
-            st.maps = Some(open_maps(&self.cfg.pin_dir)?);
-        }
-        let Some(maps) = st.maps.as_ref() else {
-            return Err(EbpfStallError::NoLoader(self.cfg.pin_dir.clone()));
+        let pins = match st.pins.take() {
+            Some(p) => p,
+            None => PinnedMaps::open(&self.cfg.pin_dir)?,
         };
         let now = monotonic_ns();
-        let state = maps
-            .state
-            .get(&0, 0)
-            .map_err(|source| EbpfStallError::Map {
-                map: names::LOADER_STATE,
-                source,
-            })?;
-        if state.abi_version != ABI_VERSION {
-            return Err(EbpfStallError::AbiMismatch {
-                found: state.abi_version,
-                expected: ABI_VERSION,
+        let check = pins.check(now, &self.cfg.liveness)?;
+        if !check.liveness.is_live() {
+            return Err(EbpfStallError::NotLive {
+                liveness: check.liveness,
+                pid: check.state.pid,
             });
         }
-        let age = Duration::from_nanos(now.saturating_sub(state.heartbeat_ns));
-        let allowed = self.cfg.heartbeat_timeout.max(Duration::from_nanos(
-            state.scan_interval_ns.saturating_mul(5),
-        ));
-        if age > allowed {
-            return Err(EbpfStallError::Stale {
-                age,
-                pid: state.pid,
-            });
-        }
-        let mut seen = HashSet::new();
-        let mut oldest: StdHashMap<u32, Duration> = StdHashMap::new();
-        for (steps, item) in maps.inflight.iter().enumerate() {
-            if steps >= self.cfg.max_scan_entries {
-                break;
-            }
-            // An error ends the walk; what was seen so far still counts.
-            let Ok((rq, e)) = item else { break };
-            if !seen.insert(rq) {
-                continue;
-            }
-            let a = Duration::from_nanos(now.saturating_sub(e.issue_ns));
-            let slot = oldest.entry(e.dev).or_default();
-            *slot = (*slot).max(a);
-        }
+        let scan = pins.maps().scan_inflight(now, self.cfg.max_scan_entries);
         st.scan = Scan {
             at: Some(Instant::now()),
-            oldest,
+            oldest: scan
+                .devices
+                .iter()
+                .map(|(&d, i)| (d, i.oldest_age))
+                .collect(),
         };
+        st.pins = Some(pins);
         Ok(())
     }
 
@@ -308,31 +358,6 @@ impl EbpfStallMonitor {
         }
         st.last_warn = Some(Instant::now());
         tracing::warn!(device, error = %err, "eBPF stall source unavailable; not reporting stalls");
-    }
-}
-
-/// `sysfs::disk_of_path` on a helper thread, waiting at most `timeout`
-/// (`stat` blocks on a hung file system; the thread is left to finish).
-fn resolve_bounded(dir: &Path, timeout: Duration) -> Result<BlockDevice, EbpfStallError> {
-    let (tx, rx) = mpsc::channel();
-    let path = dir.to_path_buf();
-    std::thread::Builder::new()
-        .name("disk-io-resolve".into())
-        .spawn(move || {
-            let _ = tx.send(sysfs::disk_of_path(&path));
-        })
-        .map_err(|e| {
-            EbpfStallError::Device(SysfsError::Stat {
-                path: dir.to_path_buf(),
-                source: e,
-            })
-        })?;
-    match rx.recv_timeout(timeout) {
-        Ok(r) => Ok(r?),
-        Err(_) => Err(EbpfStallError::ResolveTimeout {
-            path: dir.to_path_buf(),
-            timeout,
-        }),
     }
 }
 
@@ -392,7 +417,7 @@ mod tests {
         assert!(src.check().is_none());
         assert!(matches!(
             src.oldest_in_flight(),
-            Err(EbpfStallError::NoLoader(_))
+            Err(EbpfStallError::Reader(ReaderError::NotRunning { .. }))
         ));
     }
 

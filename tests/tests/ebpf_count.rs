@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use disk_io_harness::{privilege, LoopDevice, ScratchDir};
 use ebpf_common::*;
 use probes_ebpf_common::{dev, HistKey};
-use probes_ebpf_loader::status::{self, StatusLimits};
+use probes_ebpf_loader::{status, StatusConfig};
 
 const N: u64 = 4_000;
 const IMAGE: u64 = 64 << 20;
@@ -86,7 +86,7 @@ fn n_direct_reads_are_n_completions() {
     );
 
     // `probe-loader status` reads the same from the pins.
-    let st = status::read(loader.pin_dir(), StatusLimits::default()).expect("status from pins");
+    let st = status::read(loader.pin_dir(), StatusConfig::default()).expect("status from pins");
     assert!(st.loader_alive);
     let d = st
         .devices

@@ -5,7 +5,10 @@ use std::path::PathBuf;
 
 use probes_ebpf_common::sysfs::SysfsError;
 
+use probes_ebpf_reader::ReaderError;
+
 use crate::btf::BtfError;
+use crate::config::ConfigError;
 use crate::offsets::OffsetError;
 
 /// Everything that can stop the loader or `status`. Each variant's message
@@ -50,37 +53,31 @@ pub enum LoaderError {
     /// is not on it.
     #[error("bpffs: {0}")]
     Bpffs(String),
-    /// Another loader is running with the same pin directory.
+    /// Another loader owns the pin directory (holds its lock).
     #[error(
-        "another probe loader (pid {pid}) is running with pin directory {dir}; \
+        "another probe loader ({owner}) is running with pin directory {dir}{note}; \
          stop it or pass another --pin-dir"
     )]
     AlreadyRunning {
-        /// Its pid.
-        pid: u32,
+        /// `pid N` from its heartbeat record, or what is known of it.
+        owner: String,
         /// The shared pin directory.
         dir: PathBuf,
+        /// Whether its heartbeat is stale (paused or hung), when it is.
+        note: String,
     },
-    /// No loader has pinned maps in this directory.
-    #[error(
-        "no running probe loader: {dir}/{map} not found (start one with `probe-loader run`, \
-         or pass the --pin-dir it uses)"
-    )]
-    NotRunning {
+    /// Reading the pinned maps or owning the pin directory failed.
+    #[error(transparent)]
+    Reader(ReaderError),
+    /// The maps belong to no running loader (`status`).
+    #[error("the probe loader (pid {pid}) that pinned the maps in {dir} is not running: {why}")]
+    NotLive {
         /// The pin directory.
         dir: PathBuf,
-        /// The map that is missing.
-        map: &'static str,
-    },
-    /// The pinned maps were written by a loader with another map layout.
-    #[error("the maps in {dir} have layout version {found}, this build reads version {expected}")]
-    AbiMismatch {
-        /// The pin directory.
-        dir: PathBuf,
-        /// Version found in the pinned state.
-        found: u32,
-        /// This build's version.
-        expected: u32,
+        /// The pid in its heartbeat record.
+        pid: u32,
+        /// What the liveness rule found.
+        why: String,
     },
     /// Loading, attaching or pinning the eBPF programs failed.
     #[error("{what}: {detail}")]
@@ -94,15 +91,6 @@ pub enum LoaderError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
-    /// A map operation failed.
-    #[error("map {map}: {source}")]
-    Map {
-        /// The map.
-        map: &'static str,
-        /// The aya error.
-        #[source]
-        source: aya::maps::MapError,
-    },
     /// The metrics listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -114,7 +102,10 @@ pub enum LoaderError {
     },
     /// A configuration value is out of range.
     #[error("invalid configuration: {0}")]
-    Config(String),
+    Config(#[from] ConfigError),
+    /// The scanner thread ended while the loader was meant to run.
+    #[error("the scanner thread stopped unexpectedly")]
+    ScannerStopped,
     /// Any other I/O error, with context.
     #[error("{what}: {source}")]
     Io {
@@ -166,13 +157,21 @@ impl LoaderError {
 
     /// Wraps a map error the same way (EPERM becomes a privilege error).
     pub(crate) fn map(map: &'static str, source: aya::maps::MapError) -> LoaderError {
-        if has_eperm(&source) {
+        ReaderError::Map { map, source }.into()
+    }
+}
+
+impl From<ReaderError> for LoaderError {
+    /// A refusal for lack of privilege becomes [`LoaderError::Privilege`],
+    /// which says what to do about it.
+    fn from(e: ReaderError) -> LoaderError {
+        if e.is_permission_denied() {
             return LoaderError::Privilege {
-                missing: format!("permission denied opening map {map}"),
+                missing: format!("permission denied ({e})"),
                 hint: PRIVILEGE_HINT,
             };
         }
-        LoaderError::Map { map, source }
+        LoaderError::Reader(e)
     }
 }
 

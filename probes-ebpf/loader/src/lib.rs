@@ -24,14 +24,15 @@
 //! time, device, op, bytes) and the per-CPU `HIST` (device, op → log2
 //! latency buckets); the scanner reads both every `scan_interval`, follows
 //! stalls (oldest in-flight age > `stall_threshold`) and publishes a
-//! [`Snapshot`]; `/metrics` renders the latest one. `disk-io`'s eBPF stall
-//! source reads the same pinned `INFLIGHT` map on its own.
+//! [`Snapshot`]; `/metrics` renders the latest one. Reading the maps (the
+//! bounded scan, the pin directory's ownership lock, the liveness rule)
+//! lives in `probes-ebpf-reader` ([`reader`]), which `disk-io`'s eBPF stall
+//! source uses too.
 
 pub mod btf;
 pub mod config;
 pub mod error;
 pub mod http;
-pub mod maps;
 pub mod metrics;
 pub mod offsets;
 pub mod probes;
@@ -41,9 +42,14 @@ pub mod stall;
 pub mod status;
 pub mod system;
 
-pub use config::{MapLimits, ProbeConfig, RunConfig, DEFAULT_BTF};
+pub use config::{
+    ConfigError, HttpConfig, MapLimits, ProbeConfig, RunConfig, StatusConfig, DEFAULT_BTF,
+};
 pub use error::{LoaderError, Result};
 pub use probes::Probes;
+/// The one reader of the pinned maps (scan, lock, liveness), shared with
+/// `disk-io`'s stall source.
+pub use probes_ebpf_reader as reader;
 pub use run::{wait_event, Loader};
 pub use snapshot::Snapshot;
 pub use stall::StallEvent;

@@ -1,10 +1,12 @@
-//! Prometheus text exposition (format 0.0.4) of a [`Snapshot`].
+//! Prometheus text exposition (format 0.0.4) of a [`Snapshot`], encoded by
+//! `prometheus-client`.
 //!
-//! Written by hand rather than with the `prometheus` or
-//! `metrics-exporter-prometheus` crates: both build histograms from
-//! individual observations, while ours arrive pre-aggregated as log2 bucket
-//! counts from the kernel. Re-observing them would be lossy and slow, and
-//! a custom collector would be more code than the format itself.
+//! The probes' histograms arrive pre-aggregated (log2 bucket counts summed
+//! from per-CPU maps), so nothing is observed here: a [`Collector`] reads
+//! the snapshot at scrape time and hands each family to the encoder as it
+//! is (`encode_histogram` takes bucket counts, `ConstCounter`/`ConstGauge`
+//! take values). The crate does the format: names, `# HELP`/`# TYPE`,
+//! label escaping, float formatting, cumulative buckets and `+Inf`.
 //!
 //! Series (prefix `diskio_`, like the rest of the project):
 //!
@@ -22,227 +24,218 @@
 //! | `diskio_probe_scan_duration_seconds` | gauge | — |
 //! | `diskio_probe_inflight_entries` / `_capacity` | gauge | — |
 
-use std::fmt::Write as _;
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
 
-use probes_ebpf_common::{op_name, slot_upper_ns, Counter, HIST_SLOTS};
+use probes_ebpf_common::{op_name, slot_upper_ns, Counter, Hist, HIST_SLOTS};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::exemplar::Exemplar;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
 
-use crate::snapshot::Snapshot;
+use crate::snapshot::{DeviceView, Snapshot};
 
 /// Content type of the exposition.
-pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
-/// Escapes a label value (backslash, double quote, newline).
-fn escape(v: &str) -> String {
-    let mut out = String::with_capacity(v.len());
-    for c in v.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
+/// Renders the snapshot.
+pub fn render(snap: Arc<Snapshot>) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(SnapshotCollector(snap)));
+    let mut out = String::new();
+    if let Err(e) = prometheus_client::encoding::prometheus_text::encode(&mut out, &registry) {
+        // Writing into a String cannot fail; an encoder refusal would be a
+        // bug here, and a scrape must still get an answer.
+        tracing::error!(error = %e, "encoding /metrics");
     }
     out
 }
 
-fn header(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
-}
+#[derive(Debug)]
+struct SnapshotCollector(Arc<Snapshot>);
 
 fn secs(ns: u64) -> f64 {
     ns as f64 / 1e9
 }
 
-/// Renders the snapshot.
-pub fn render(snap: &Snapshot) -> String {
-    let devices = snap.devices();
-    let mut out = String::with_capacity(4096 + devices.len() * 8192);
+/// One log2 histogram, already aggregated.
+struct LogHist<'a>(&'a Hist);
 
-    let name = "diskio_block_request_duration_seconds";
-    header(
-        &mut out,
-        name,
-        "histogram",
-        "Block request latency from issue to completion, per whole-disk device and operation (log2 buckets).",
-    );
-    for d in &devices {
-        let dev = escape(&d.name);
-        for (&op, h) in &d.ops {
-            let op = op_name(op);
-            let mut cum = 0u64;
-            for slot in 0..HIST_SLOTS {
-                cum += h.slots[slot];
-                // The last slot is open-ended: it only appears in +Inf.
-                if let Some(upper) = slot_upper_ns(slot) {
-                    let _ = writeln!(
-                        out,
-                        "{name}_bucket{{device=\"{dev}\",op=\"{op}\",le=\"{}\"}} {cum}",
-                        secs(upper)
-                    );
-                }
-            }
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{device=\"{dev}\",op=\"{op}\",le=\"+Inf\"}} {cum}"
-            );
-            let _ = writeln!(
-                out,
-                "{name}_sum{{device=\"{dev}\",op=\"{op}\"}} {}",
-                secs(h.sum_ns)
-            );
-            let _ = writeln!(out, "{name}_count{{device=\"{dev}\",op=\"{op}\"}} {cum}");
-        }
+impl EncodeMetric for LogHist<'_> {
+    fn encode(&self, mut enc: prometheus_client::encoding::MetricEncoder) -> fmt::Result {
+        let h = self.0;
+        // Per-bucket counts; the last slot is open-ended and becomes +Inf.
+        let buckets: Vec<(f64, u64)> = (0..HIST_SLOTS)
+            .map(|slot| {
+                (
+                    slot_upper_ns(slot).map_or(f64::INFINITY, secs),
+                    h.slots[slot],
+                )
+            })
+            .collect();
+        let count = h.slots.iter().fold(0u64, |a, &b| a.wrapping_add(b));
+        enc.encode_histogram::<NoLabelSet>(
+            secs(h.sum_ns),
+            count,
+            &buckets,
+            None::<&HashMap<usize, Exemplar<NoLabelSet, f64>>>,
+        )
     }
 
-    type Field = fn(&probes_ebpf_common::Hist) -> u64;
-    let per_op: [(&str, &str, Field); 2] = [
-        (
-            "diskio_block_requests_completed_total",
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
+/// Encodes one family: `name` with `help`, one sample per `(labels, metric)`.
+fn family<L, M>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    samples: impl IntoIterator<Item = (L, M)>,
+) -> fmt::Result
+where
+    L: prometheus_client::encoding::EncodeLabelSet,
+    M: EncodeMetric,
+{
+    let mut m = enc.encode_descriptor(name, help, None, kind)?;
+    for (labels, metric) in samples {
+        metric.encode(m.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+fn per_device<'a, M: EncodeMetric + 'a>(
+    devices: &'a [DeviceView],
+    value: impl Fn(&DeviceView) -> M + 'a,
+) -> impl Iterator<Item = ([(&'static str, &'a str); 1], M)> + 'a {
+    devices
+        .iter()
+        .map(move |d| ([("device", d.name.as_str())], value(d)))
+}
+
+fn per_op<'a, M: EncodeMetric + 'a>(
+    devices: &'a [DeviceView],
+    value: impl Fn(&'a Hist) -> M + Copy + 'a,
+) -> impl Iterator<Item = ([(&'static str, &'a str); 2], M)> + 'a {
+    devices.iter().flat_map(move |d| {
+        d.ops
+            .iter()
+            .map(move |(&op, h)| ([("device", d.name.as_str()), ("op", op_name(op))], value(h)))
+    })
+}
+
+const NONE: [(&str, &str); 0] = [];
+
+impl Collector for SnapshotCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
+        let snap = &self.0;
+        let devices = snap.devices();
+        let e = &mut enc;
+        family(
+            e,
+            "diskio_block_request_duration_seconds",
+            "Block request latency from issue to completion, per whole-disk device and operation (log2 buckets).",
+            MetricType::Histogram,
+            per_op(&devices, LogHist),
+        )?;
+        // Counter names get `_total` from the encoder.
+        family(
+            e,
+            "diskio_block_requests_completed",
             "Block requests completed, per device and operation.",
-            |h| h.count,
-        ),
-        (
-            "diskio_block_request_errors_total",
+            MetricType::Counter,
+            per_op(&devices, |h| ConstCounter::new(h.count)),
+        )?;
+        family(
+            e,
+            "diskio_block_request_errors",
             "Block requests completed with an error status, per device and operation.",
-            |h| h.errors,
-        ),
-    ];
-    for (name, help, get) in per_op {
-        header(&mut out, name, "counter", help);
-        for d in &devices {
-            let dev = escape(&d.name);
-            for (&op, h) in &d.ops {
-                let _ = writeln!(
-                    out,
-                    "{name}{{device=\"{dev}\",op=\"{}\"}} {}",
-                    op_name(op),
-                    get(h)
-                );
-            }
-        }
+            MetricType::Counter,
+            per_op(&devices, |h| ConstCounter::new(h.errors)),
+        )?;
+        family(
+            e,
+            "diskio_block_requests_in_flight",
+            "Block requests issued to the device and not completed, at the last scan.",
+            MetricType::Gauge,
+            per_device(&devices, |d| ConstGauge::new(d.in_flight)),
+        )?;
+        family(
+            e,
+            "diskio_block_oldest_in_flight_seconds",
+            "Age of the oldest in-flight block request at the last scan (0 when none).",
+            MetricType::Gauge,
+            per_device(&devices, |d| {
+                ConstGauge::new(d.oldest_age.map_or(0.0, |a| a.as_secs_f64()))
+            }),
+        )?;
+        family(
+            e,
+            "diskio_block_stalled",
+            "1 while the device's oldest in-flight request is older than the stall threshold.",
+            MetricType::Gauge,
+            per_device(&devices, |d| ConstGauge::new(u64::from(d.stalled))),
+        )?;
+        family(
+            e,
+            "diskio_block_stalls",
+            "Stalls seen since the loader started.",
+            MetricType::Counter,
+            per_device(&devices, |d| ConstCounter::new(d.stalls_total)),
+        )?;
+        family(
+            e,
+            "diskio_block_stall_threshold_seconds",
+            "Age of the oldest in-flight request above which a device counts as stalled.",
+            MetricType::Gauge,
+            [(NONE, ConstGauge::new(snap.threshold.as_secs_f64()))],
+        )?;
+        family(
+            e,
+            "diskio_probe_events",
+            "Unusual events seen by the block probes: untracked completions, requeues, partial completions, failures.",
+            MetricType::Counter,
+            Counter::ALL.iter().map(|c| {
+                let v = snap.counters.get(c.name()).copied().unwrap_or(0);
+                ([("event", c.name())], ConstCounter::new(v))
+            }),
+        )?;
+        family(
+            e,
+            "diskio_probe_scan_duration_seconds",
+            "Time the last scan of the in-flight table and histograms took.",
+            MetricType::Gauge,
+            [(NONE, ConstGauge::new(snap.scan_duration.as_secs_f64()))],
+        )?;
+        family(
+            e,
+            "diskio_probe_inflight_entries",
+            "Entries in the in-flight table at the last scan.",
+            MetricType::Gauge,
+            [(NONE, ConstGauge::new(snap.scan.entries as u64))],
+        )?;
+        family(
+            e,
+            "diskio_probe_inflight_capacity",
+            "Size of the in-flight table (LRU: beyond it the oldest entries are evicted).",
+            MetricType::Gauge,
+            [(NONE, ConstGauge::new(snap.inflight_capacity))],
+        )
     }
-
-    header(
-        &mut out,
-        "diskio_block_requests_in_flight",
-        "gauge",
-        "Block requests issued to the device and not completed, at the last scan.",
-    );
-    for d in &devices {
-        let _ = writeln!(
-            out,
-            "diskio_block_requests_in_flight{{device=\"{}\"}} {}",
-            escape(&d.name),
-            d.in_flight
-        );
-    }
-    header(
-        &mut out,
-        "diskio_block_oldest_in_flight_seconds",
-        "gauge",
-        "Age of the oldest in-flight block request at the last scan (0 when none).",
-    );
-    for d in &devices {
-        let _ = writeln!(
-            out,
-            "diskio_block_oldest_in_flight_seconds{{device=\"{}\"}} {}",
-            escape(&d.name),
-            d.oldest_age.map_or(0.0, |a| a.as_secs_f64())
-        );
-    }
-    header(
-        &mut out,
-        "diskio_block_stalled",
-        "gauge",
-        "1 while the device's oldest in-flight request is older than the stall threshold.",
-    );
-    for d in &devices {
-        let _ = writeln!(
-            out,
-            "diskio_block_stalled{{device=\"{}\"}} {}",
-            escape(&d.name),
-            u8::from(d.stalled)
-        );
-    }
-    header(
-        &mut out,
-        "diskio_block_stalls_total",
-        "counter",
-        "Stalls seen since the loader started.",
-    );
-    for d in &devices {
-        let _ = writeln!(
-            out,
-            "diskio_block_stalls_total{{device=\"{}\"}} {}",
-            escape(&d.name),
-            d.stalls_total
-        );
-    }
-    header(
-        &mut out,
-        "diskio_block_stall_threshold_seconds",
-        "gauge",
-        "Age of the oldest in-flight request above which a device counts as stalled.",
-    );
-    let _ = writeln!(
-        out,
-        "diskio_block_stall_threshold_seconds {}",
-        snap.threshold.as_secs_f64()
-    );
-
-    header(
-        &mut out,
-        "diskio_probe_events_total",
-        "counter",
-        "Unusual events seen by the block probes: untracked completions, requeues, partial completions, failures.",
-    );
-    for c in Counter::ALL {
-        let v = snap.counters.get(c.name()).copied().unwrap_or(0);
-        let _ = writeln!(
-            out,
-            "diskio_probe_events_total{{event=\"{}\"}} {v}",
-            c.name()
-        );
-    }
-    header(
-        &mut out,
-        "diskio_probe_scan_duration_seconds",
-        "gauge",
-        "Time the last scan of the in-flight table and histograms took.",
-    );
-    let _ = writeln!(
-        out,
-        "diskio_probe_scan_duration_seconds {}",
-        snap.scan_duration.as_secs_f64()
-    );
-    header(
-        &mut out,
-        "diskio_probe_inflight_entries",
-        "gauge",
-        "Entries in the in-flight table at the last scan.",
-    );
-    let _ = writeln!(out, "diskio_probe_inflight_entries {}", snap.scan.entries);
-    header(
-        &mut out,
-        "diskio_probe_inflight_capacity",
-        "gauge",
-        "Size of the in-flight table (LRU: beyond it the oldest entries are evicted).",
-    );
-    let _ = writeln!(
-        out,
-        "diskio_probe_inflight_capacity {}",
-        snap.inflight_capacity
-    );
-    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::maps::{DeviceInflight, InflightScan};
     use crate::stall::DeviceStall;
     use probes_ebpf_common::{dev, Hist, HistKey, Inflight};
+    use probes_ebpf_reader::{DeviceInflight, InflightScan};
     use std::time::Duration;
 
     fn snap() -> Snapshot {
@@ -284,11 +277,11 @@ mod tests {
 
     #[test]
     fn histogram_is_cumulative_and_consistent() {
-        let text = render(&snap());
+        let text = render(Arc::new(snap()));
         assert!(text.contains(
-            "diskio_block_request_duration_seconds_bucket{device=\"loop\\\"3\",op=\"read\",le=\"0.000002048\"} 3"
+            "diskio_block_request_duration_seconds_bucket{device=\"loop\\\"3\",op=\"read\",le=\"2.048e-06\"} 3"
         ), "{text}");
-        assert!(text.contains("le=\"0.000008192\"} 4"));
+        assert!(text.contains("le=\"8.192e-06\"} 4"));
         assert!(text.contains("le=\"+Inf\"} 4"));
         assert!(text.contains(
             "diskio_block_request_duration_seconds_count{device=\"loop\\\"3\",op=\"read\"} 4"
@@ -309,7 +302,14 @@ mod tests {
     }
 
     #[test]
-    fn escaping() {
-        assert_eq!(escape("a\\b\"c\nd"), "a\\\\b\\\"c\\nd");
+    fn label_values_are_escaped() {
+        let mut s = snap();
+        let d = *s.names.keys().next().expect("device");
+        s.names.insert(d, "a\\b\nc".into());
+        let text = render(Arc::new(s));
+        assert!(
+            text.contains("diskio_block_stalled{device=\"a\\\\b\\nc\"} 1"),
+            "{text}"
+        );
     }
 }

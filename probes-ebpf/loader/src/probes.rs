@@ -1,8 +1,7 @@
 //! Loading the eBPF object, attaching its three raw tracepoints and pinning
 //! its maps.
 
-use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use aya::maps::HashMap;
@@ -10,11 +9,11 @@ use aya::programs::RawTracePoint;
 use aya::{Ebpf, EbpfLoader};
 use probes_ebpf_common::sysfs::{self, BlockDevice};
 use probes_ebpf_common::{maps as names, Offsets, ABI_VERSION, FLAG_FILTER, OFFSETS_GLOBAL};
+use probes_ebpf_reader::{MapSet, PinDirLock, ReaderError};
 
 use crate::btf::Btf;
 use crate::config::ProbeConfig;
 use crate::error::{LoaderError, Result};
-use crate::maps::MapSet;
 use crate::system;
 
 /// The eBPF object, built from `probes-ebpf/kernel` by `build.rs`.
@@ -28,28 +27,31 @@ pub fn object_len() -> usize {
     OBJECT.len()
 }
 
-/// A pinned heartbeat counts as live for this many of its scan intervals
-/// (and at least [`MIN_LIVE`]).
-const LIVE_INTERVALS: u64 = 5;
-const MIN_LIVE: Duration = Duration::from_secs(1);
-
-/// Loaded and attached probes. Dropping this detaches the programs and
-/// removes the pins.
+/// Loaded and attached probes. Dropping this removes this loader's pins
+/// (only those: each is checked to still hold this loader's map), then
+/// detaches the programs and releases the pin directory.
 #[derive(Debug)]
 pub struct Probes {
     // Field order: the maps close before the object. The object is never
     // read again, but owns the programs' links: dropping it detaches them.
+    // The lock goes last: the directory is ours until everything is gone.
     maps: MapSet,
     _ebpf: Ebpf,
-    pin_dir: PathBuf,
+    lock: PinDirLock,
+    pinned: Vec<(&'static str, u32)>,
     offsets: Offsets,
     devices: Vec<BlockDevice>,
 }
 
 impl Probes {
-    /// Checks privileges, derives offsets from the BTF, resolves the device
-    /// filter, loads and attaches the programs and pins the maps.
+    /// Checks the configuration and privileges, derives offsets from the
+    /// BTF, resolves the device filter — all before anything is created —
+    /// then takes the pin directory's ownership lock (refused while another
+    /// loader, even a paused one, holds it), removes a dead loader's pins,
+    /// loads and attaches the programs and pins the maps. A failure after
+    /// the directory was created removes it again.
     pub fn attach(cfg: &ProbeConfig) -> Result<Probes> {
+        cfg.validate()?;
         system::require_bpf_caps()?;
         let btf = Btf::from_file(&cfg.btf).map_err(|source| LoaderError::Btf {
             path: cfg.btf.clone(),
@@ -67,8 +69,11 @@ impl Probes {
         if !devices.is_empty() {
             offsets.flags |= FLAG_FILTER;
         }
-        system::ensure_pin_dir(&cfg.pin_dir)?;
-        clear_stale_pins(&cfg.pin_dir)?;
+        // Everything that can be refused without touching bpffs has been;
+        // from here on a failure removes what this start created.
+        let created = system::ensure_pin_dir(&cfg.pin_dir)?;
+        let lock = take_pin_dir(&cfg.pin_dir, cfg)?;
+        clear_leftovers(&lock);
 
         let l = &cfg.limits;
         let mut ebpf = EbpfLoader::new()
@@ -104,37 +109,36 @@ impl Probes {
                 .map_err(|e| LoaderError::ebpf(format!("attaching to raw tracepoint {tp}"), e))?;
         }
 
-        // Pin, then take the maps out of the object (the programs keep
-        // their own references).
-        for name in names::PINNED {
-            let map = ebpf
-                .map(name)
-                .ok_or_else(|| LoaderError::object(format!("the eBPF object has no map {name}")))?;
-            map.pin(cfg.pin_dir.join(name)).map_err(|e| {
-                LoaderError::ebpf(
-                    format!("pinning map {name} in {}", cfg.pin_dir.display()),
-                    e,
-                )
-            })?;
+        // Pin through the locked directory, then take the maps out of the
+        // object (the programs keep their own references).
+        if let Err(e) = pin_all(&ebpf, &lock) {
+            remove_leftovers(&lock);
+            return Err(e);
         }
-        let maps = match MapSet::from_maps(|n| ebpf.take_map(n)) {
+        let maps = match MapSet::from_maps(|n| ebpf.take_map(n)).and_then(|m| {
+            let ids = m.ids()?;
+            Ok((m, ids))
+        }) {
             Ok(m) => m,
             Err(e) => {
-                remove_pins(&cfg.pin_dir);
-                return Err(e);
+                remove_leftovers(&lock);
+                return Err(e.into());
             }
         };
+        let (maps, ids) = maps;
         let mut probes = Probes {
             maps,
             _ebpf: ebpf,
-            pin_dir: cfg.pin_dir.clone(),
+            lock,
+            pinned: ids.to_vec(),
             offsets,
             devices,
         };
         // A first heartbeat right away, so readers see a live loader.
         probes.heartbeat(Duration::ZERO, Duration::ZERO)?;
+        created.keep();
         tracing::info!(
-            pin_dir = %probes.pin_dir.display(),
+            pin_dir = %probes.pin_dir().display(),
             object_bytes = OBJECT.len(),
             ?offsets,
             "block probes attached"
@@ -159,18 +163,21 @@ impl Probes {
 
     /// Where the maps are pinned.
     pub fn pin_dir(&self) -> &Path {
-        &self.pin_dir
+        self.lock.dir()
     }
 
     /// Records a completed scan in `LOADER_STATE`.
     pub fn heartbeat(&mut self, scan_interval: Duration, threshold: Duration) -> Result<()> {
-        self.maps.set_loader_state(probes_ebpf_common::LoaderState {
-            heartbeat_ns: system::monotonic_ns(),
-            scan_interval_ns: scan_interval.as_nanos() as u64,
-            stall_threshold_ns: threshold.as_nanos() as u64,
-            pid: std::process::id(),
-            abi_version: ABI_VERSION,
-        })
+        let ns = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        self.maps
+            .set_loader_state(probes_ebpf_common::LoaderState {
+                heartbeat_ns: system::monotonic_ns(),
+                scan_interval_ns: ns(scan_interval),
+                stall_threshold_ns: ns(threshold),
+                pid: std::process::id(),
+                abi_version: ABI_VERSION,
+            })
+            .map_err(LoaderError::from)
     }
 
     /// Detaches (by dropping the object) and removes the pins.
@@ -181,54 +188,90 @@ impl Probes {
 
 impl Drop for Probes {
     fn drop(&mut self) {
-        remove_pins(&self.pin_dir);
-        // `ebpf` drops after this, detaching the programs.
-        tracing::info!(pin_dir = %self.pin_dir.display(), "block probes detached, pins removed");
-    }
-}
-
-/// Whether a loader state describes a loader that is still running.
-pub fn is_live(state: &probes_ebpf_common::LoaderState, now_ns: u64) -> bool {
-    let window =
-        Duration::from_nanos(state.scan_interval_ns.saturating_mul(LIVE_INTERVALS)).max(MIN_LIVE);
-    let age = Duration::from_nanos(now_ns.saturating_sub(state.heartbeat_ns));
-    age <= window && system::pid_alive(state.pid)
-}
-
-/// Refuses to start next to a live loader; removes pins a dead one left.
-fn clear_stale_pins(dir: &Path) -> Result<()> {
-    if dir.join(names::LOADER_STATE).exists() {
-        if let Ok(maps) = MapSet::from_pins(dir) {
-            if let Ok(state) = maps.loader_state() {
-                if state.pid != std::process::id() && is_live(&state, system::monotonic_ns()) {
-                    return Err(LoaderError::AlreadyRunning {
-                        pid: state.pid,
-                        dir: dir.to_path_buf(),
-                    });
-                }
+        let dir = self.lock.dir().display().to_string();
+        for &(name, id) in &self.pinned {
+            match self.lock.remove_own(name, id) {
+                Ok(true) => {}
+                Ok(false) => tracing::warn!(
+                    pin_dir = %dir,
+                    map = name,
+                    "pin no longer holds this loader's map; left alone"
+                ),
+                Err(e) => tracing::warn!(pin_dir = %dir, map = name, error = %e, "removing pin"),
             }
         }
-        tracing::warn!(dir = %dir.display(), "removing pins left by a loader that is gone");
+        if let Err(e) = self.lock.remove_dir() {
+            tracing::debug!(pin_dir = %dir, error = %e, "pin directory kept");
+        }
+        // `ebpf` drops after this, detaching the programs; the lock last.
+        tracing::info!(pin_dir = %dir, "block probes detached, pins removed");
     }
-    remove_pin_files(dir);
+}
+
+/// Takes the pin directory's ownership lock; a held lock means another
+/// loader (alive, maybe paused) owns the directory.
+fn take_pin_dir(dir: &Path, cfg: &ProbeConfig) -> Result<PinDirLock> {
+    match PinDirLock::acquire(dir, &cfg.lock) {
+        Ok(lock) => Ok(lock),
+        Err(ReaderError::Owned { .. }) => Err(already_running(dir)),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// What is known of the loader that owns `dir`, from its heartbeat record.
+fn already_running(dir: &Path) -> LoaderError {
+    let state = MapSet::from_pins(dir).and_then(|m| m.loader_state()).ok();
+    let owner = state.map_or_else(|| "pid unknown".to_owned(), |s| format!("pid {}", s.pid));
+    let note = state
+        .map(|s| {
+            let cfg = probes_ebpf_reader::LivenessConfig::default();
+            let age = Duration::from_nanos(system::monotonic_ns().saturating_sub(s.heartbeat_ns));
+            if age > cfg.window(s.scan_interval_ns) {
+                format!(
+                    " (its last heartbeat is {:.1} s old: it is paused or hung, and keeps the \
+                     directory until it exits)",
+                    age.as_secs_f64()
+                )
+            } else {
+                String::new()
+            }
+        })
+        .unwrap_or_default();
+    LoaderError::AlreadyRunning {
+        owner,
+        dir: dir.to_path_buf(),
+        note,
+    }
+}
+
+fn pin_all(ebpf: &Ebpf, lock: &PinDirLock) -> Result<()> {
+    for name in names::PINNED {
+        let map = ebpf
+            .map(name)
+            .ok_or_else(|| LoaderError::object(format!("the eBPF object has no map {name}")))?;
+        map.pin(lock.pin_path(name)).map_err(|e| {
+            LoaderError::ebpf(format!("pinning map {name} in {}", lock.dir().display()), e)
+        })?;
+    }
     Ok(())
 }
 
-/// Removes our pins and the directory if that leaves it empty.
-fn remove_pins(dir: &Path) {
-    remove_pin_files(dir);
-    // Fails harmlessly if someone else keeps files there.
-    let _ = fs::remove_dir(dir);
+/// Pins found in a directory whose lock was free belong to a loader that
+/// is gone: remove them.
+fn clear_leftovers(lock: &PinDirLock) {
+    if names::PINNED.iter().any(|n| lock.pinned_id(n).is_some()) {
+        tracing::warn!(
+            pin_dir = %lock.dir().display(),
+            "removing pins left by a loader that is gone"
+        );
+    }
+    remove_leftovers(lock);
 }
 
-/// Removes our pin files.
-fn remove_pin_files(dir: &Path) {
+fn remove_leftovers(lock: &PinDirLock) {
     for name in names::PINNED {
-        let path = dir.join(name);
-        match fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => tracing::warn!(path = %path.display(), error = %e, "removing pin"),
+        if let Err(e) = lock.remove_leftover(name) {
+            tracing::warn!(pin_dir = %lock.dir().display(), map = name, error = %e, "removing pin");
         }
     }
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::RunConfig;
 use crate::error::{LoaderError, Result};
-use crate::http::{HttpLimits, MetricsServer};
+use crate::http::MetricsServer;
 use crate::probes::Probes;
 use crate::snapshot::{DeviceNames, Snapshot};
 use crate::stall::{StallEvent, StallTracker};
@@ -57,16 +57,9 @@ impl Loader {
         let server = match cfg.listen {
             Some(addr) => {
                 let latest = latest.clone();
-                Some(MetricsServer::start(
-                    addr,
-                    HttpLimits {
-                        read_timeout: cfg.http_read_timeout,
-                        write_timeout: cfg.http_write_timeout,
-                        max_request: cfg.http_max_request,
-                    },
-                    stop.clone(),
-                    move || crate::metrics::render(&current(&latest)),
-                )?)
+                Some(MetricsServer::start(addr, cfg.http, move || {
+                    crate::metrics::render(current(&latest))
+                })?)
             }
             None => None,
         };
@@ -97,7 +90,7 @@ impl Loader {
 
     /// `/metrics` text of the latest snapshot.
     pub fn render_metrics(&self) -> String {
-        crate::metrics::render(&self.snapshot())
+        crate::metrics::render(self.snapshot())
     }
 
     /// Stall start/end events (bounded queue; when nobody reads, the
@@ -117,7 +110,8 @@ impl Loader {
     }
 
     /// Stops scanning and serving, detaches the probes, removes the pins.
-    /// Returns within about one scan interval plus one HTTP exchange.
+    /// Returns within about one scan interval plus the HTTP server's
+    /// shutdown timeout.
     pub fn stop(mut self) {
         self.shutdown();
     }
@@ -129,7 +123,7 @@ impl Loader {
             let _ = t.join();
         }
         if let Some(s) = self.server.take() {
-            s.join();
+            s.stop();
         }
     }
 }

@@ -7,8 +7,8 @@ use std::time::Duration;
 use probes_ebpf_common::sysfs;
 use probes_ebpf_common::{dev, slot_upper_ns, Hist, HistKey, HIST_SLOTS};
 
-use crate::maps::InflightScan;
 use crate::stall::{dev_string, DeviceStall};
+use probes_ebpf_reader::InflightScan;
 
 /// What the scanner saw at one instant.
 #[derive(Clone, Debug, Default)]

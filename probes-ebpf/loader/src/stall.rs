@@ -13,7 +13,7 @@ use std::time::Duration;
 use probes_ebpf_common::{dev, op_name};
 use serde::Serialize;
 
-use crate::maps::InflightScan;
+use probes_ebpf_reader::InflightScan;
 
 /// A stall starting or ending on one device.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -147,8 +147,8 @@ pub fn dev_string(d: u32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::maps::DeviceInflight;
     use probes_ebpf_common::Inflight;
+    use probes_ebpf_reader::DeviceInflight;
 
     fn scan(now_ms: u64, devs: &[(u32, u64)], truncated: bool) -> InflightScan {
         let now_ns = now_ms * 1_000_000;

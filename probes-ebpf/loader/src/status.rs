@@ -6,34 +6,15 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use probes_ebpf_common::{op_name, ABI_VERSION};
+use probes_ebpf_common::op_name;
+use probes_ebpf_reader::{Liveness, PinnedMaps};
 use serde::Serialize;
 
+pub use crate::config::StatusConfig;
 use crate::error::{LoaderError, Result};
-use crate::maps::MapSet;
-use crate::probes::is_live;
 use crate::snapshot::{quantile, DeviceNames, Snapshot};
 use crate::stall::dev_string;
 use crate::system;
-
-/// Bounds of one status read.
-#[derive(Clone, Copy, Debug)]
-pub struct StatusLimits {
-    /// Most in-flight entries visited.
-    pub max_scan_entries: usize,
-    /// Most histogram keys visited.
-    pub max_hist_keys: usize,
-}
-
-impl Default for StatusLimits {
-    fn default() -> Self {
-        let d = crate::config::RunConfig::default();
-        StatusLimits {
-            max_scan_entries: d.max_scan_entries,
-            max_hist_keys: d.max_hist_keys,
-        }
-    }
-}
 
 /// Latency of one operation on one device.
 #[derive(Clone, Debug, Serialize)]
@@ -80,8 +61,11 @@ pub struct Status {
     pub pin_dir: PathBuf,
     /// The loader's pid.
     pub loader_pid: u32,
-    /// Its heartbeat is fresh and the process exists.
+    /// The liveness rule says the loader runs: it owns the pin directory
+    /// and its heartbeat is fresh.
     pub loader_alive: bool,
+    /// Why not, when it is not (`dead`, `stale`, `replaced`), or `live`.
+    pub liveness: &'static str,
     /// Seconds since its last scan.
     pub heartbeat_age_s: f64,
     /// Its stall threshold, seconds.
@@ -94,23 +78,20 @@ pub struct Status {
     pub devices: Vec<DeviceStatus>,
 }
 
-/// Reads the maps pinned under `pin_dir`.
-pub fn read(pin_dir: &Path, limits: StatusLimits) -> Result<Status> {
+/// Reads the maps pinned under `pin_dir`. The report is returned whether
+/// or not the loader runs ([`Status::loader_alive`]); [`require_live`] turns
+/// a dead one into an error.
+pub fn read(pin_dir: &Path, cfg: StatusConfig) -> Result<Status> {
     system::require_bpf_caps()?;
-    let maps = MapSet::from_pins(pin_dir)?;
-    let state = maps.loader_state()?;
-    if state.abi_version != ABI_VERSION {
-        return Err(LoaderError::AbiMismatch {
-            dir: pin_dir.to_path_buf(),
-            found: state.abi_version,
-            expected: ABI_VERSION,
-        });
-    }
+    let pins = PinnedMaps::open(pin_dir)?;
     let now = system::monotonic_ns();
+    let check = pins.check(now, &cfg.liveness)?;
+    let state = check.state;
+    let maps = pins.maps();
     let threshold = Duration::from_nanos(state.stall_threshold_ns);
-    let scan = maps.scan_inflight(now, limits.max_scan_entries);
-    let hists = maps.read_hists(limits.max_hist_keys);
-    let mut names = DeviceNames::new(1024);
+    let scan = maps.scan_inflight(now, cfg.max_scan_entries);
+    let hists = maps.read_hists(cfg.max_hist_keys);
+    let mut names = DeviceNames::new(cfg.max_device_names);
     let snap = Snapshot {
         names: hists
             .keys()
@@ -159,12 +140,45 @@ pub fn read(pin_dir: &Path, limits: StatusLimits) -> Result<Status> {
     Ok(Status {
         pin_dir: pin_dir.to_path_buf(),
         loader_pid: state.pid,
-        loader_alive: is_live(&state, now),
+        loader_alive: check.liveness.is_live(),
+        liveness: liveness_name(&check.liveness),
         heartbeat_age_s: Duration::from_nanos(now.saturating_sub(state.heartbeat_ns)).as_secs_f64(),
         stall_threshold_s: threshold.as_secs_f64(),
         scan_interval_s: Duration::from_nanos(state.scan_interval_ns).as_secs_f64(),
         events: snap.counters.iter().map(|(k, v)| (*k, *v)).collect(),
         devices,
+    })
+}
+
+fn liveness_name(l: &Liveness) -> &'static str {
+    match l {
+        Liveness::Live { .. } => "live",
+        Liveness::Dead => "dead",
+        Liveness::Stale { .. } => "stale",
+        Liveness::Replaced => "replaced",
+    }
+}
+
+/// `Err(NotLive)` unless the report is from a running loader.
+pub fn require_live(st: &Status) -> Result<()> {
+    if st.loader_alive {
+        return Ok(());
+    }
+    let why = match st.liveness {
+        "dead" => {
+            "no process owns the pin directory (the loader exited or was killed and left its pins)"
+                .to_owned()
+        }
+        "stale" => format!(
+            "its last heartbeat is {:.1} s old (paused or hung)",
+            st.heartbeat_age_s
+        ),
+        other => format!("the pins changed while being read ({other})"),
+    };
+    Err(LoaderError::NotLive {
+        dir: st.pin_dir.clone(),
+        pid: st.loader_pid,
+        why,
     })
 }
 

@@ -1,8 +1,7 @@
 //! Capabilities, bpffs, and the monotonic clock the probes use.
 
 use std::fs;
-use std::path::Path;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
 
 use crate::error::{LoaderError, Result, PRIVILEGE_HINT};
 
@@ -61,7 +60,10 @@ pub fn is_bpffs(path: &Path) -> bool {
 /// Makes sure `pin_dir` exists on a bpffs. If its nearest existing ancestor
 /// is `/sys/fs/bpf` (or another directory) without bpffs mounted there,
 /// mounts bpffs on `/sys/fs/bpf` first (needs `CAP_SYS_ADMIN`).
-pub fn ensure_pin_dir(pin_dir: &Path) -> Result<()> {
+///
+/// Returns the directories it created, outermost first, so a start that
+/// fails later can remove exactly those ([`CreatedDirs`]).
+pub fn ensure_pin_dir(pin_dir: &Path) -> Result<CreatedDirs> {
     let root = Path::new("/sys/fs/bpf");
     if pin_dir.starts_with(root) && !is_bpffs(root) {
         if !root.is_dir() {
@@ -90,35 +92,54 @@ pub fn ensure_pin_dir(pin_dir: &Path) -> Result<()> {
         })?;
         tracing::info!(path = %root.display(), "mounted bpffs");
     }
-    fs::create_dir_all(pin_dir)
-        .map_err(|e| LoaderError::io(format!("creating pin directory {}", pin_dir.display()), e))?;
+    let missing: Vec<&Path> = pin_dir
+        .ancestors()
+        .take_while(|d| !d.as_os_str().is_empty() && !d.exists())
+        .collect();
+    let mut created = CreatedDirs(Vec::new());
+    for dir in missing.into_iter().rev() {
+        match fs::create_dir(dir) {
+            Ok(()) => created.0.push(dir.to_path_buf()),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => {
+                return Err(LoaderError::io(
+                    format!("creating pin directory {}", dir.display()),
+                    e,
+                ))
+            }
+        }
+    }
     if !is_bpffs(pin_dir) {
         return Err(LoaderError::Bpffs(format!(
             "{} is not on a bpffs; pass a --pin-dir under /sys/fs/bpf",
             pin_dir.display()
         )));
     }
-    Ok(())
+    Ok(created)
 }
 
-/// CLOCK_MONOTONIC in nanoseconds: the clock `bpf_ktime_get_ns` reads.
-pub fn monotonic_ns() -> u64 {
-    match nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC) {
-        Ok(ts) => Duration::from(ts).as_nanos() as u64,
-        // CLOCK_MONOTONIC cannot fail on Linux; 0 makes every age look
-        // small, never a false stall.
-        Err(_) => 0,
+/// Directories a start created. Dropped while armed (the start failed), it
+/// removes them, innermost first, if they are empty; [`CreatedDirs::keep`]
+/// disarms it once the loader owns the directory.
+#[derive(Debug)]
+#[must_use = "dropping it removes the directories"]
+pub struct CreatedDirs(Vec<PathBuf>);
+
+impl CreatedDirs {
+    /// Keeps the directories (the start succeeded).
+    pub fn keep(mut self) {
+        self.0.clear();
     }
 }
 
-/// Whether a process with this pid exists.
-pub fn pid_alive(pid: u32) -> bool {
-    let Ok(pid) = i32::try_from(pid) else {
-        return false;
-    };
-    match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) {
-        Ok(()) => true,
-        Err(nix::Error::EPERM) => true,
-        Err(_) => false,
+impl Drop for CreatedDirs {
+    fn drop(&mut self) {
+        for dir in self.0.iter().rev() {
+            // Fails harmlessly if someone put something there meanwhile.
+            let _ = fs::remove_dir(dir);
+        }
     }
 }
+
+/// `CLOCK_MONOTONIC` in nanoseconds (the reader's clock, re-exported).
+pub use probes_ebpf_reader::monotonic_ns;

@@ -4,13 +4,14 @@
 //! and promtool.
 #![allow(dead_code)]
 
+use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use disk_io_harness::{privilege, Ext4OnLoop, FaultControl, FaultFs, ScratchDir};
+use disk_io_harness::{privilege, Ext4OnLoop, FaultControl, FaultFs, LoopDevice, ScratchDir};
 use probes_ebpf_loader::{Loader, ProbeConfig, RunConfig};
 
 /// Bound for any single wait in these tests (a loaded 2-core machine).
@@ -56,8 +57,9 @@ pub fn scrape(loader: &Loader) -> String {
     body
 }
 
-/// `promtool check metrics` on `text`; `Err` with promtool's output.
-pub fn promtool_check(text: &str) -> Result<(), String> {
+/// Runs `promtool ARGS` (feeding `stdin`, if any) within [`BOUND`];
+/// `Ok(stdout)` on success, `Err` with promtool's output otherwise.
+pub fn promtool(args: &[&str], stdin: Option<&str>) -> Result<String, String> {
     let promtool = ["/usr/bin/promtool", "/usr/local/bin/promtool"]
         .into_iter()
         .find(|p| std::path::Path::new(p).is_file())
@@ -65,15 +67,19 @@ pub fn promtool_check(text: &str) -> Result<(), String> {
             "promtool not found: install the Debian package `prometheus` (cargo xtask setup does)",
         )?;
     let mut child = Command::new(promtool)
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
+        .args(args)
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/prometheus"))
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("starting promtool: {e}"))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(text.as_bytes())
+    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(text.as_bytes())
             .map_err(|e| format!("writing to promtool: {e}"))?;
     }
     let deadline = Instant::now() + BOUND;
@@ -83,22 +89,102 @@ pub fn promtool_check(text: &str) -> Result<(), String> {
             Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
             _ => {
                 let _ = child.kill();
-                return Err("promtool did not finish".into());
+                return Err(format!("promtool {args:?} did not finish within {BOUND:?}"));
             }
         }
     }
     let out = child
         .wait_with_output()
         .map_err(|e| format!("promtool: {e}"))?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     if out.status.success() {
-        Ok(())
+        Ok(stdout)
     } else {
         Err(format!(
-            "promtool check metrics failed ({}):\n{}{}",
+            "promtool {args:?} failed ({}):\n{stdout}{}",
             out.status,
-            String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         ))
+    }
+}
+
+/// `promtool check metrics` on `text`; `Err` with promtool's output.
+pub fn promtool_check(text: &str) -> Result<(), String> {
+    promtool(&["check", "metrics"], Some(text)).map(drop)
+}
+
+/// Series names and their label names in a Prometheus text exposition
+/// (`_bucket`/`_sum`/`_count` samples count under their own names).
+pub fn exposed_series(text: &str) -> std::collections::BTreeMap<String, BTreeSet<String>> {
+    let mut out: std::collections::BTreeMap<String, BTreeSet<String>> = Default::default();
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let name_end = line.find(['{', ' ']).unwrap_or(line.len());
+        let labels = out.entry(line[..name_end].to_owned()).or_default();
+        if let Some(rest) = line[name_end..].strip_prefix('{') {
+            let body = rest.rsplit_once('}').map_or(rest, |(b, _)| b);
+            // Label values are quoted and may hold commas: take the names
+            // before each `="`.
+            for part in body.split("\",") {
+                if let Some((k, _)) = part.split_once("=\"") {
+                    labels.insert(k.trim_start_matches(',').to_owned());
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A loader tracing its own loop device. Fields drop in declaration order:
+/// the loader, then the device, then its image's directory.
+pub struct TracedLoop {
+    /// The loader (serving /metrics on a free port).
+    pub loader: Loader,
+    /// The traced device.
+    pub lo: LoopDevice,
+    _scratch: ScratchDir,
+}
+
+/// A loop device of 16 MiB on a scratch image, with `n` O_DIRECT 4 KiB
+/// writes and reads done through it, traced by a fresh loader that has
+/// seen the reads.
+pub fn loader_with_io(n: u64) -> TracedLoop {
+    use std::os::unix::fs::FileExt;
+    need_bpf();
+    privilege::require_loop().expect("this test attaches a loop device");
+    let scratch = ScratchDir::new().expect("scratch");
+    let image = scratch.path().join("metrics.img");
+    std::fs::File::create(&image)
+        .and_then(|f| f.set_len(16 << 20))
+        .expect("image");
+    let lo = LoopDevice::attach(&image, true).expect("loop device");
+    let dev = dev_name(lo.path());
+    let loader = start_loader(&dev, Duration::from_secs(1), Duration::from_millis(50));
+    let file = open_direct(lo.path(), false);
+    for i in 0..n {
+        file.write_at(&Block([i as u8; 4096]).0, i * 4096)
+            .expect("O_DIRECT write");
+        let mut b = Block([0; 4096]);
+        file.read_at(&mut b.0, i * 4096).expect("O_DIRECT read");
+    }
+    drop(file);
+    let series =
+        format!("diskio_block_request_duration_seconds_count{{device=\"{dev}\",op=\"read\"}}");
+    let deadline = Instant::now() + BOUND;
+    loop {
+        let text = scrape(&loader);
+        if metric(&text, &series).unwrap_or(0.0) >= n as f64 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "reads never showed up:\n{text}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    TracedLoop {
+        loader,
+        lo,
+        _scratch: scratch,
     }
 }
 

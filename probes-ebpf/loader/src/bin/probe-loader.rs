@@ -5,7 +5,7 @@
 //!   and serves Prometheus `/metrics` until SIGINT/SIGTERM.
 //! * `probe-loader status [--json] [--pin-dir DIR]` reads a running
 //!   loader's pinned maps: per-device latency percentiles, in-flight count,
-//!   oldest in-flight age.
+//!   oldest in-flight age; it exits non-zero when the loader is not running.
 //!
 //! Needs CAP_BPF + CAP_PERFMON (or CAP_SYS_ADMIN), and CAP_SYS_ADMIN to
 //! mount bpffs when it is not mounted; see `probe-loader.service`.
@@ -19,8 +19,10 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use probes_ebpf_common::DEFAULT_PIN_DIR;
-use probes_ebpf_loader::status::{self, StatusLimits};
-use probes_ebpf_loader::{Loader, LoaderError, ProbeConfig, RunConfig, DEFAULT_BTF};
+use probes_ebpf_loader::status;
+use probes_ebpf_loader::{
+    Loader, LoaderError, MapLimits, ProbeConfig, RunConfig, StatusConfig, DEFAULT_BTF,
+};
 
 /// How often the main thread checks for a signal.
 const SIGNAL_POLL: Duration = Duration::from_millis(100);
@@ -58,11 +60,13 @@ enum Cmd {
         /// Trace only this device (repeatable; e.g. `sda`, `loop3`). Default: all.
         #[arg(long = "device")]
         devices: Vec<String>,
-        /// In-flight table size (sum of queue depths of the traced devices, with room).
-        #[arg(long, default_value_t = probes_ebpf_loader::MapLimits::default().inflight_entries)]
+        /// In-flight table size (sum of queue depths of the traced devices, with room;
+        /// 64 to 1048576). Checked before anything is created.
+        #[arg(long, default_value_t = MapLimits::default().inflight_entries)]
         inflight_entries: u32,
     },
-    /// Print per-device latency percentiles, in-flight count and oldest age from a running loader.
+    /// Print per-device latency percentiles, in-flight count and oldest age from a running loader
+    /// (exits non-zero, after the report, when the loader that pinned the maps is not running).
     Status {
         /// One JSON object instead of a table.
         #[arg(long)]
@@ -137,9 +141,7 @@ fn run(cfg: RunConfig) -> Result<(), LoaderError> {
     }
     while !term.load(Ordering::Relaxed) {
         if !loader.is_running() {
-            return Err(LoaderError::Config(
-                "the scanner thread stopped unexpectedly".into(),
-            ));
+            return Err(LoaderError::ScannerStopped);
         }
         std::thread::sleep(SIGNAL_POLL);
     }
@@ -149,7 +151,7 @@ fn run(cfg: RunConfig) -> Result<(), LoaderError> {
 }
 
 fn print_status(pin_dir: &std::path::Path, json: bool) -> Result<(), LoaderError> {
-    let st = status::read(pin_dir, StatusLimits::default())?;
+    let st = status::read(pin_dir, StatusConfig::default())?;
     if json {
         let text = serde_json::to_string_pretty(&st).map_err(|e| LoaderError::Io {
             what: "encoding JSON".into(),
@@ -159,5 +161,5 @@ fn print_status(pin_dir: &std::path::Path, json: bool) -> Result<(), LoaderError
     } else {
         print!("{}", status::render_text(&st));
     }
-    Ok(())
+    status::require_live(&st)
 }

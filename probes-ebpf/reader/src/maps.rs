@@ -1,17 +1,16 @@
-//! Typed handles on the probes' maps, and the reads done on them: the
-//! in-flight scan, histograms, counters, the loader's heartbeat.
+//! Typed handles on the probes' maps and the reads done on them.
 //!
 //! The same [`MapSet`] serves the running loader (maps taken from the
-//! loaded object) and `probe-loader status` (maps opened from their pins).
+//! loaded object) and every reader (maps opened from their pins).
 
 use std::collections::{BTreeMap, HashMap as StdHashMap, HashSet};
 use std::path::Path;
 use std::time::Duration;
 
-use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuHashMap};
+use aya::maps::{Array, HashMap, IterableMap, Map, MapData, PerCpuArray, PerCpuHashMap};
 use probes_ebpf_common::{maps as names, Counter, Hist, HistKey, Inflight, LoaderState};
 
-use crate::error::{LoaderError, Result};
+use crate::error::ReaderError;
 
 /// The pinned maps, typed.
 pub struct MapSet {
@@ -42,7 +41,7 @@ pub struct DeviceInflight {
 /// Result of one scan of the in-flight table.
 #[derive(Clone, Debug, Default)]
 pub struct InflightScan {
-    /// CLOCK_MONOTONIC nanoseconds when the scan started.
+    /// `CLOCK_MONOTONIC` nanoseconds the ages are measured at.
     pub now_ns: u64,
     /// Per whole-disk device (kernel encoding).
     pub devices: BTreeMap<u32, DeviceInflight>,
@@ -52,20 +51,19 @@ pub struct InflightScan {
     pub truncated: bool,
 }
 
-fn typed<T>(map: Map, name: &'static str) -> Result<T>
+fn typed<T>(map: Map, name: &'static str) -> Result<T, ReaderError>
 where
     T: TryFrom<Map, Error = aya::maps::MapError>,
 {
-    T::try_from(map).map_err(|e| LoaderError::map(name, e))
+    T::try_from(map).map_err(|source| ReaderError::Map { map: name, source })
 }
 
 impl MapSet {
-    /// Wraps maps taken from a loaded object.
-    pub fn from_maps(mut take: impl FnMut(&'static str) -> Option<Map>) -> Result<MapSet> {
-        let mut get = |name: &'static str| {
-            take(name)
-                .ok_or_else(|| LoaderError::object(format!("the eBPF object has no map {name}")))
-        };
+    /// Wraps maps taken from a loaded object (`take(name)`).
+    pub fn from_maps(
+        mut take: impl FnMut(&'static str) -> Option<Map>,
+    ) -> Result<MapSet, ReaderError> {
+        let mut get = |map: &'static str| take(map).ok_or(ReaderError::MissingMap { map });
         Ok(MapSet {
             inflight: typed(get(names::INFLIGHT)?, names::INFLIGHT)?,
             hist: typed(get(names::HIST)?, names::HIST)?,
@@ -75,17 +73,18 @@ impl MapSet {
     }
 
     /// Opens the maps a loader pinned under `dir`.
-    pub fn from_pins(dir: &Path) -> Result<MapSet> {
-        let open = |name: &'static str| -> Result<Map> {
+    pub fn from_pins(dir: &Path) -> Result<MapSet, ReaderError> {
+        let open = |name: &'static str| -> Result<Map, ReaderError> {
             let path = dir.join(name);
             if !path.exists() {
-                return Err(LoaderError::NotRunning {
+                return Err(ReaderError::NotRunning {
                     dir: dir.to_path_buf(),
                     map: name,
                 });
             }
-            let data = MapData::from_pin(&path).map_err(|e| LoaderError::map(name, e))?;
-            Map::from_map_data(data).map_err(|e| LoaderError::map(name, e))
+            let data = MapData::from_pin(&path)
+                .map_err(|source| ReaderError::Map { map: name, source })?;
+            Map::from_map_data(data).map_err(|source| ReaderError::Map { map: name, source })
         };
         Ok(MapSet {
             inflight: typed(open(names::INFLIGHT)?, names::INFLIGHT)?,
@@ -95,19 +94,46 @@ impl MapSet {
         })
     }
 
-    /// Scans the in-flight table: count and oldest request per device.
+    /// Kernel ids of the maps, by pinned name (what a pin must hold to be
+    /// these maps).
+    pub fn ids(&self) -> Result<[(&'static str, u32); 4], ReaderError> {
+        let id = |name: &'static str, data: &MapData| {
+            data.info()
+                .map(|i| (name, i.id()))
+                .map_err(|source| ReaderError::Map { map: name, source })
+        };
+        Ok([
+            id(names::INFLIGHT, self.inflight.map())?,
+            id(names::HIST, self.hist.map())?,
+            id(names::COUNTERS, self.counters.map())?,
+            id(names::LOADER_STATE, self.state.map())?,
+        ])
+    }
+
+    /// Kernel id of the heartbeat map.
+    pub fn state_id(&self) -> Result<u32, ReaderError> {
+        self.state
+            .map()
+            .info()
+            .map(|i| i.id())
+            .map_err(|source| ReaderError::Map {
+                map: names::LOADER_STATE,
+                source,
+            })
+    }
+
+    /// Scans the in-flight table: count and oldest request per device,
+    /// ages measured at `now_ns`.
     ///
     /// `get_next_key` restarts from the first key when the previous key was
     /// deleted meanwhile (a completion), so entries are de-duplicated and
-    /// the walk stops after `max_entries` steps.
+    /// the walk stops after `max_entries` steps ([`InflightScan::truncated`]).
     pub fn scan_inflight(&self, now_ns: u64, max_entries: usize) -> InflightScan {
         let mut seen: HashSet<u64> = HashSet::new();
         let mut devices: BTreeMap<u32, DeviceInflight> = BTreeMap::new();
-        let mut steps = 0;
         let mut truncated = false;
-        for item in self.inflight.iter() {
-            steps += 1;
-            if steps > max_entries {
+        for (steps, item) in self.inflight.iter().enumerate() {
+            if steps >= max_entries {
                 truncated = true;
                 break;
             }
@@ -141,7 +167,7 @@ impl MapSet {
         }
     }
 
-    /// Histograms per (device, op), summed over CPUs.
+    /// Histograms per (device, op), summed over CPUs; at most `max_keys`.
     pub fn read_hists(&self, max_keys: usize) -> BTreeMap<HistKey, Hist> {
         let mut out = BTreeMap::new();
         for item in self.hist.iter().take(max_keys) {
@@ -171,16 +197,20 @@ impl MapSet {
     }
 
     /// The loader's heartbeat record.
-    pub fn loader_state(&self) -> Result<LoaderState> {
-        self.state
-            .get(&0, 0)
-            .map_err(|e| LoaderError::map(names::LOADER_STATE, e))
+    pub fn loader_state(&self) -> Result<LoaderState, ReaderError> {
+        self.state.get(&0, 0).map_err(|source| ReaderError::Map {
+            map: names::LOADER_STATE,
+            source,
+        })
     }
 
-    /// Writes the heartbeat record.
-    pub fn set_loader_state(&mut self, state: LoaderState) -> Result<()> {
+    /// Writes the heartbeat record (the loader only).
+    pub fn set_loader_state(&mut self, state: LoaderState) -> Result<(), ReaderError> {
         self.state
             .set(0, state, 0)
-            .map_err(|e| LoaderError::map(names::LOADER_STATE, e))
+            .map_err(|source| ReaderError::Map {
+                map: names::LOADER_STATE,
+                source,
+            })
     }
 }
