@@ -1,11 +1,15 @@
 //! [`File`]: an fd owned by the driver; [`Name`]: one path component;
 //! [`Open`]: the opens disk-io makes.
 //!
-//! **Invariant:** an fd is closed exactly once, and a regular (non-`O_PATH`)
-//! fd is closed through the ring, never by a caller's thread: closing a
-//! file on a FUSE mount sends FLUSH and waits for the daemon, so a close on
-//! a hung mount must be an op the ring can leave behind, not a syscall that
-//! blocks whoever dropped the handle.
+//! **Invariant:** an fd is closed exactly once, and a regular file's fd is
+//! closed through the ring, never by a caller's thread: closing a file on a
+//! FUSE mount sends FLUSH and waits for the daemon, so a close on a hung
+//! mount must be an op the ring can leave behind, not a syscall that blocks
+//! whoever dropped the handle. `O_PATH` and directory fds are closed inline
+//! on drop: an `O_PATH` fd never reaches the file system, and a directory
+//! has no flush (FUSE sends its RELEASEDIR in the background), so neither
+//! close can wait on a device, and a dropped disk lets go of its mount at
+//! once.
 //!
 //! **Invariant:** while an op that uses a `File` is in flight, the op table
 //! holds a clone of it, so the fd cannot be closed (and its number reused)
@@ -34,7 +38,7 @@ impl std::fmt::Debug for File {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("File")
             .field("fd", &self.inner.fd)
-            .field("path_only", &self.inner.path_only)
+            .field("close_inline", &self.inner.close_inline)
             .finish()
     }
 }
@@ -83,9 +87,10 @@ impl File {
         Ok(())
     }
 
-    /// Whether this is an `O_PATH` handle (names entries, reads nothing).
-    pub fn is_path_only(&self) -> bool {
-        self.inner.path_only
+    /// Whether this fd is closed inline on drop (an `O_PATH` or directory
+    /// handle) rather than through the ring.
+    pub fn closes_inline(&self) -> bool {
+        self.inner.close_inline
     }
 }
 
@@ -127,7 +132,7 @@ impl Closer {
 
 pub(crate) struct FileInner {
     fd: RawFd,
-    path_only: bool,
+    close_inline: bool,
     closer: Closer,
     /// The open-file permit; released when the close completes.
     permit: std::sync::Mutex<Option<OwnedSemaphorePermit>>,
@@ -138,22 +143,22 @@ pub(crate) struct FileInner {
 impl FileInner {
     pub(crate) fn new(
         fd: RawFd,
-        path_only: bool,
+        close_inline: bool,
         closer: Closer,
         permit: Option<OwnedSemaphorePermit>,
     ) -> FileInner {
         debug_assert!(fd >= 0);
         FileInner {
             fd,
-            path_only,
+            close_inline,
             closer,
             permit: std::sync::Mutex::new(permit),
             taken: AtomicBool::new(false),
         }
     }
 
-    pub(crate) fn is_path_only(&self) -> bool {
-        self.path_only
+    pub(crate) fn closes_inline(&self) -> bool {
+        self.close_inline
     }
 
     /// Take the fd and permit over (for a waited close); the drop then
@@ -175,9 +180,8 @@ impl Drop for FileInner {
             return;
         }
         let permit = self.take_permit();
-        if self.path_only {
-            // An O_PATH fd never reaches the file system's open or release
-            // handlers, so closing it cannot block on a hung mount.
+        if self.close_inline {
+            // See the module's invariant: this close cannot block on a device.
             close_now(self.fd);
             drop(permit);
             return;
@@ -329,8 +333,9 @@ impl Open {
         }
     }
 
-    pub(crate) fn is_path_only(self) -> bool {
-        self.flags & libc::O_PATH != 0
+    /// `O_PATH` or `O_DIRECTORY`: closed inline (see the module docs).
+    pub(crate) fn closes_inline(self) -> bool {
+        self.flags & (libc::O_PATH | libc::O_DIRECTORY) != 0
     }
 }
 

@@ -471,7 +471,7 @@ impl Driver {
                     .mode(how.mode as u64)
                     .resolve(resolve),
             ),
-            path_only: how.is_path_only(),
+            close_inline: how.closes_inline(),
         };
         let done = self
             .run(op, [keep, None], Some(deadline), deadline, Some(permit))
@@ -677,7 +677,7 @@ impl Driver {
             return Ok(());
         };
         let (fd, permit) = inner.take();
-        if inner.is_path_only() {
+        if inner.closes_inline() {
             file::close_now(fd);
             return Ok(());
         }

@@ -21,8 +21,8 @@ pub(crate) enum Op {
         path: CString,
         /// Flags, mode and resolve restrictions.
         how: Box<types::OpenHow>,
-        /// `O_PATH` (the new fd may be closed without the ring).
-        path_only: bool,
+        /// The new fd is closed inline on drop (`O_PATH` or a directory).
+        close_inline: bool,
     },
     /// `pread(fd, buf, len, offset)`.
     Read {

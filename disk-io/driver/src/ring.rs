@@ -658,10 +658,10 @@ impl RingThread {
                 // A successful open owns a new fd from here on, whoever
                 // (if anyone) still waits for it.
                 let file = match &op {
-                    Some(Op::OpenAt { path_only, .. }) if res >= 0 => Some(File {
+                    Some(Op::OpenAt { close_inline, .. }) if res >= 0 => Some(File {
                         inner: Arc::new(FileInner::new(
                             res,
-                            *path_only,
+                            *close_inline,
                             self.closer.clone(),
                             file_permit,
                         )),
