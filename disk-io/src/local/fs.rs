@@ -246,12 +246,25 @@ impl Inner {
             return Err(e);
         }
         committed.store(true, Ordering::Release);
+        self.make_durable(dst_dir, class, dst.as_str(), deadline)
+            .await
+    }
+
+    /// fsync `dir` after a change in it took effect: a failure here is
+    /// [`DiskError::NotDurable`], never "not applied".
+    pub(crate) async fn make_durable(
+        &self,
+        dir: &File,
+        class: OpClass,
+        path: &str,
+        deadline: Deadline,
+    ) -> Result<()> {
         self.driver
-            .fsync(dst_dir, false, deadline)
+            .fsync(dir, false, deadline)
             .await
             .map_err(|e| DiskError::NotDurable {
                 op: class,
-                cause: Box::new(Self::err(e, class, dst.as_str())),
+                cause: Box::new(Self::err(e, class, path)),
             })
     }
 

@@ -484,6 +484,34 @@ impl Inner {
         res
     }
 
+    /// [`Inner::run`] for an operation that commits a change and then makes
+    /// it durable: if the deadline cuts the durability step short after
+    /// `committed` turned true, the change is visible, and the answer says
+    /// so ([`DiskError::NotDurable`]) instead of "deadline exceeded".
+    async fn run_committing<T, F>(
+        &self,
+        class: OpClass,
+        deadline: Deadline,
+        vol: Option<&VolName>,
+        committed: &std::sync::atomic::AtomicBool,
+        fut: F,
+    ) -> Result<T>
+    where
+        F: Future<Output = Result<T>>,
+    {
+        match self.run(class, deadline, vol, fut).await {
+            Err(e @ DiskError::DeadlineExceeded { .. })
+                if committed.load(std::sync::atomic::Ordering::Acquire) =>
+            {
+                Err(DiskError::NotDurable {
+                    op: class,
+                    cause: Box::new(e),
+                })
+            }
+            r => r,
+        }
+    }
+
     /// Refuse a change through an inspection handle.
     fn writable(&self, class: OpClass) -> Result<()> {
         match self.mode {

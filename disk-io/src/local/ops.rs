@@ -44,7 +44,8 @@ impl Inner {
     ) -> Result<DiskId> {
         let class = OpClass::Format;
         self.writable(class)?;
-        self.run(class, deadline, None, async {
+        let committed = AtomicBool::new(false);
+        self.run_committing(class, deadline, None, &committed, async {
             let sys = self.sys()?;
             let name = system_name(FORMAT_FILE);
             if !force {
@@ -55,7 +56,6 @@ impl Inner {
                 }
             }
             let f = FormatFile::new(set_index, disk_index);
-            let committed = AtomicBool::new(false);
             let r = self
                 .atomic_write(&sys.dir, &name, &f.to_bytes(), &committed, class, deadline)
                 .await;
@@ -182,14 +182,7 @@ impl Disk for LocalDisk {
                     Err(e) if e.is(OsError::Exists) => return Err(DiskError::VolumeExists),
                     Err(e) => return Err(Inner::err(e, class, vol)),
                 }
-                inner
-                    .driver
-                    .fsync(&inner.root, false, deadline)
-                    .await
-                    .map_err(|e| DiskError::NotDurable {
-                        op: class,
-                        cause: Box::new(Inner::err(e, class, ".")),
-                    })
+                inner.make_durable(&inner.root, class, ".", deadline).await
             })
             .await
     }
@@ -317,25 +310,14 @@ impl Disk for LocalDisk {
         let p = ObjPath::new(vol, path)?;
         inner.writable(class)?;
         let committed = AtomicBool::new(false);
-        let r = inner
-            .run(class, deadline, Some(p.vol()), async {
+        inner
+            .run_committing(class, deadline, Some(p.vol()), &committed, async {
                 let dir = inner.parent_dir(&p, true, class, deadline).await?;
                 inner
                     .atomic_write(&dir, p.name(), data, &committed, class, deadline)
                     .await
             })
-            .await;
-        // The deadline cut the durability fsync short, after the rename
-        // landed: the new content is visible, so say so.
-        match r {
-            Err(e @ DiskError::DeadlineExceeded { .. }) if committed.load(Ordering::Acquire) => {
-                Err(DiskError::NotDurable {
-                    op: class,
-                    cause: Box::new(e),
-                })
-            }
-            r => r,
-        }
+            .await
     }
 
     async fn create_file(
@@ -472,8 +454,8 @@ impl Disk for LocalDisk {
         let to = ObjPath::new(dst_vol, dst)?;
         inner.writable(class)?;
         let committed = AtomicBool::new(false);
-        let r = inner
-            .run(class, deadline, Some(from.vol()), async {
+        inner
+            .run_committing(class, deadline, Some(from.vol()), &committed, async {
                 let from_dir = inner.parent_dir(&from, false, class, deadline).await?;
                 let to_dir = match inner.parent_dir(&to, true, class, deadline).await {
                     // The destination's volume is missing: say which volume.
@@ -487,24 +469,10 @@ impl Disk for LocalDisk {
                     .map_err(|e| Inner::err(e, class, from.as_str()))?;
                 committed.store(true, Ordering::Release);
                 inner
-                    .driver
-                    .fsync(&to_dir, false, deadline)
+                    .make_durable(&to_dir, class, to.as_str(), deadline)
                     .await
-                    .map_err(|e| DiskError::NotDurable {
-                        op: class,
-                        cause: Box::new(Inner::err(e, class, to.as_str())),
-                    })
             })
-            .await;
-        match r {
-            Err(e @ DiskError::DeadlineExceeded { .. }) if committed.load(Ordering::Acquire) => {
-                Err(DiskError::NotDurable {
-                    op: class,
-                    cause: Box::new(e),
-                })
-            }
-            r => r,
-        }
+            .await
     }
 
     async fn delete(

@@ -162,13 +162,9 @@ impl ShardWriter for LocalShardWriter {
                     .await
                     .map_err(|e| Inner::err(e, class, ""))?;
             }
-            driver
-                .fsync(&self.dir, false, deadline)
-                .await
-                .map_err(|e| DiskError::NotDurable {
-                    op: class,
-                    cause: Box::new(Inner::err(e, class, "")),
-                })?;
+            self.disk
+                .make_durable(&self.dir, class, "", deadline)
+                .await?;
             Ok(self.offset)
         })
         .await
