@@ -99,7 +99,11 @@ async fn bench(args: Args) -> i32 {
     // Measure the deadline path itself: never trip, never probe.
     cfg.health.faulty_after_misses = u32::MAX;
     cfg.health.probe_interval = Duration::ZERO;
-    cfg.driver.zombie_cap = cfg.driver.max_in_flight;
+    // Every hung call stays a zombie until the release, so room for all of
+    // them keeps the zombie cap (which must stay below max_in_flight) out of
+    // reach and every call on the deadline path rather than failing fast.
+    cfg.driver.max_in_flight = args.calls + args.concurrency + 1;
+    cfg.driver.zombie_cap = cfg.driver.max_in_flight - 1;
     let setup = Deadline::after(Duration::from_secs(10));
     let disk = match LocalDisk::builder(fs.mountpoint())
         .config(cfg)
