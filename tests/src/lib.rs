@@ -47,15 +47,19 @@
 //! Declare fixtures in dependency order (`FaultFs`, then an `Ext4OnLoop` whose image lives
 //! on it) so they drop in reverse: the ext4 file system and loop device go first.
 
+pub mod cluster;
 mod cmd;
 mod error;
 pub mod faultfs;
 pub mod loopdev;
 pub mod mounts;
+pub mod netns;
 pub mod privilege;
 pub mod scratch;
 
+pub use cluster::{Cluster, ClusterSpec, NodeCommand};
 pub use error::{HarnessError, Result};
 pub use faultfs::{FaultControl, FaultFs};
 pub use loopdev::{Ext4OnLoop, LoopDevice};
+pub use netns::Netns;
 pub use scratch::ScratchDir;
