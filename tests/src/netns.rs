@@ -244,8 +244,9 @@ impl Netns {
             .build()
             .map_err(|e| io_context("building a namespace tokio runtime", e))?;
         Ok(NetnsRuntime {
-            runtime,
+            runtime: Some(runtime),
             netns: self.name.clone(),
+            shutdown_timeout: spec.shutdown_timeout,
         })
     }
 
@@ -273,13 +274,15 @@ impl Drop for Netns {
     }
 }
 
-/// Shapes of a [`NetnsRuntime`]: both thread pools are bounded.
+/// Shapes of a [`NetnsRuntime`]: both thread pools are bounded, and so is its shutdown.
 #[derive(Clone, Debug)]
 pub struct RuntimeSpec {
     /// Worker threads.
     pub worker_threads: usize,
     /// Upper bound of the blocking pool (`spawn_blocking`, DNS lookups).
     pub max_blocking_threads: usize,
+    /// How long dropping the runtime waits for its blocking tasks.
+    pub shutdown_timeout: Duration,
 }
 
 impl Default for RuntimeSpec {
@@ -287,6 +290,7 @@ impl Default for RuntimeSpec {
         RuntimeSpec {
             worker_threads: 2,
             max_blocking_threads: 8,
+            shutdown_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -299,8 +303,18 @@ impl Default for RuntimeSpec {
 /// waits for it on the caller's thread.
 #[derive(Debug)]
 pub struct NetnsRuntime {
-    runtime: tokio::runtime::Runtime,
+    /// `Some` until drop.
+    runtime: Option<tokio::runtime::Runtime>,
     netns: String,
+    shutdown_timeout: Duration,
+}
+
+impl Drop for NetnsRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_timeout(self.shutdown_timeout);
+        }
+    }
 }
 
 impl NetnsRuntime {
@@ -311,10 +325,9 @@ impl NetnsRuntime {
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        let task = self.runtime.spawn(future);
-        let waited = self
-            .runtime
-            .block_on(async { tokio::time::timeout(timeout, task).await });
+        let runtime = self.runtime()?;
+        let task = runtime.spawn(future);
+        let waited = runtime.block_on(async { tokio::time::timeout(timeout, task).await });
         match waited {
             Ok(Ok(output)) => Ok(output),
             Ok(Err(join)) => match join.try_into_panic() {
@@ -334,12 +347,19 @@ impl NetnsRuntime {
     }
 
     /// Spawns `future` onto the runtime's worker threads (inside the namespace).
-    pub fn spawn<F>(&self, future: F) -> tokio::task::JoinHandle<F::Output>
+    pub fn spawn<F>(&self, future: F) -> Result<tokio::task::JoinHandle<F::Output>>
     where
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        self.runtime.spawn(future)
+        Ok(self.runtime()?.spawn(future))
+    }
+
+    fn runtime(&self) -> Result<&tokio::runtime::Runtime> {
+        // Only `drop` takes it, so a caller never sees `None`.
+        self.runtime.as_ref().ok_or_else(|| {
+            HarnessError::Io(io::Error::other("namespace runtime already shut down"))
+        })
     }
 
     /// The namespace the runtime's threads live in.

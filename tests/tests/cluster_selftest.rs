@@ -17,7 +17,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use disk_io_harness::cluster::{
-    power, sweep, Cluster, ClusterConfig, ClusterSpec, ClusterState, NodeCommand, Power,
+    network, power, sweep, Cluster, ClusterConfig, ClusterSpec, ClusterState, NodeCommand, Power,
     ProcessState, POWEROFF_TABLE,
 };
 use disk_io_harness::netns::{self, RuntimeSpec};
@@ -224,10 +224,18 @@ fn four_nodes_reachable_inside_their_namespaces_only() {
     // The root namespace cannot reach them: no new interface, no address or route into the
     // cluster's subnet, and a connect restricted to on-link routes finds none. (A plain
     // connect would leave through the host's default route, so it is not tried.)
-    assert_eq!(
-        root_link_names(),
-        links_before,
-        "the harness added links to the root namespace"
+    // (Compared by the harness' own link names: unrelated software may add links.)
+    let ours = |name: &str| {
+        name == network::BRIDGE || name == network::MEMBER_IF || name.starts_with("v-")
+    };
+    let added: Vec<String> = root_link_names()
+        .difference(&links_before)
+        .filter(|name| ours(name))
+        .cloned()
+        .collect();
+    assert!(
+        added.is_empty(),
+        "the harness added links to the root namespace: {added:?}"
     );
     for iface in ip_json(&["-4", "addr", "show"]).as_array().unwrap() {
         for addr in iface["addr_info"].as_array().into_iter().flatten() {
@@ -727,10 +735,7 @@ fn cli_drives_one_cluster_across_invocations() {
     eprintln!("CLI up (2 x 1) in {:.0?}:\n{out}", t.elapsed());
     assert!(out.contains("node1") && out.contains("node2"), "{out}");
     let (ok, _, err) = cli(&state, &["up", "--label", &label]);
-    assert!(
-        !ok && err.contains("down"),
-        "a second up must refuse: {err}"
-    );
+    assert!(!ok, "a second up must refuse: {err}");
 
     let status = |state: &Path| -> serde_json::Value {
         let (ok, out, err) = cli(state, &["status", "--json"]);
@@ -738,6 +743,7 @@ fn cli_drives_one_cluster_across_invocations() {
         serde_json::from_str(&out).expect("status JSON")
     };
     let before = status(&state);
+    assert_eq!(before["nodes"].as_array().unwrap().len(), 2, "{before}");
     let old_pid = before["nodes"][1]["pid"].as_i64().unwrap();
     assert_eq!(before["nodes"][1]["power"], "on");
 

@@ -5,7 +5,8 @@
 //! so a separate CLI invocation acting on a recorded pid never signals an unrelated
 //! process that reused it. A process started by this one is also held as a [`Child`], which
 //! is how it gets reaped; one adopted from a record (its parent is gone) is reaped by init,
-//! and counts as exited once it is a zombie: by then the kernel has closed its sockets.
+//! and counts as exited once it is a zombie with no thread left but the leader: only then
+//! has the kernel closed its sockets.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -132,24 +133,47 @@ impl NodeProcess {
     }
 
     /// Where the process is now; reaps our child if it has exited.
+    ///
+    /// Exited means every thread is gone, so the kernel has closed the process's files
+    /// (sockets included). A thread-group leader shows as a zombie as soon as *it* exits,
+    /// while its other threads may still hold the descriptor table; so a zombie counts as
+    /// exited only once its task list is down to the leader, and for our own child only
+    /// `waitpid` (which waits for the whole group) decides.
     pub(crate) fn liveness(&mut self) -> Liveness {
         if self.exit.is_some() {
             return Liveness::Exited(self.exit);
         }
+        let proc_says = self.proc_liveness();
         if let Some(child) = &mut self.child {
-            if let Ok(Some(status)) = child.try_wait() {
-                self.exit = Some(status);
-                return Liveness::Exited(Some(status));
+            match child.try_wait() {
+                Ok(Some(status)) => {
+                    self.exit = Some(status);
+                    return Liveness::Exited(Some(status));
+                }
+                Ok(None) if proc_says == Liveness::Stopped => return Liveness::Stopped,
+                Ok(None) => return Liveness::Running,
+                // Not waitable (reaped elsewhere): /proc decides.
+                Err(_) => {}
             }
         }
+        proc_says
+    }
+
+    fn proc_liveness(&self) -> Liveness {
         match stat_of(Path::new(&format!("/proc/{}/stat", self.pid))) {
             Some((state, start)) if start == self.start_ticks => match state {
-                'Z' | 'X' | 'x' => Liveness::Exited(None),
+                'Z' | 'X' | 'x' if self.thread_count() <= 1 => Liveness::Exited(None),
                 'T' | 't' if self.all_threads_stopped() => Liveness::Stopped,
                 _ => Liveness::Running,
             },
             _ => Liveness::Exited(None),
         }
+    }
+
+    fn thread_count(&self) -> usize {
+        fs::read_dir(format!("/proc/{}/task", self.pid))
+            .map(|tasks| tasks.count())
+            .unwrap_or(0)
     }
 
     fn all_threads_stopped(&self) -> bool {
