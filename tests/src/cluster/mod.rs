@@ -56,7 +56,6 @@
 //! # Example
 //!
 //! ```no_run
-//! use std::io::{BufRead, BufReader, Write};
 //! use std::net::TcpStream;
 //! use std::time::Duration;
 //! use disk_io_harness::cluster::{Cluster, ClusterSpec, NodeCommand};
@@ -65,7 +64,7 @@
 //! privilege::require_cluster().expect("the cluster harness needs root, netns, nft, loop");
 //! let node = NodeCommand::new("/path/to/disk-io-echo-node")
 //!     .args(["--node", "{node}", "--listen", "{rpc_addr}", "--disks", "{disks}"]);
-//! let cluster = Cluster::start(ClusterSpec::default(), node).expect("4 nodes x 4 disks");
+//! let mut cluster = Cluster::start(ClusterSpec::default(), node).expect("4 nodes x 4 disks");
 //! let node4 = cluster.node("node4").unwrap().rpc_addr;
 //! cluster.poweroff("node4").unwrap();
 //! // A client in the client namespace: the connect times out instead of being refused.
@@ -401,9 +400,15 @@ impl Cluster {
             .canonicalize()
             .map_err(|e| io_context(format!("work root {}", spec.work_root.display()), e))?;
         if spec.sweep_stale {
-            let swept = sweep::sweep_stale(&spec.prefix, &work_root, &spec.timeouts)?;
-            for left in &swept {
-                tracing::info!(cluster = %left.cluster, "removed a stale cluster");
+            // A leftover that cannot be removed must not stop this cluster (its names are
+            // its own); say so loudly instead.
+            match sweep::sweep_stale(&spec.prefix, &work_root, &spec.timeouts) {
+                Ok(swept) => {
+                    for left in &swept {
+                        tracing::info!(cluster = %left.cluster, "removed a stale cluster");
+                    }
+                }
+                Err(e) => eprintln!("disk-io-harness: sweeping stale clusters: {e}"),
             }
         }
         let work_dir = work_root.join(&name);

@@ -85,7 +85,7 @@ fn pid_alive(pid: i32) -> bool {
     )
 }
 
-/// Everything of cluster `cluster` (work directories under `work_root`).
+/// Everything of cluster `cluster` (its work directory is looked for under `work_root`).
 pub fn leftovers(cluster: &str, work_root: &Path, tool_timeout: Duration) -> Result<Leftovers> {
     let work_dir = canonical_or_self(&work_root.join(cluster));
     let member_prefix = format!("{cluster}-");
@@ -108,14 +108,17 @@ pub fn leftovers(cluster: &str, work_root: &Path, tool_timeout: Duration) -> Res
         }
     }
     left.netns = names;
+    // Mounts and images are matched by a path component equal to the cluster's name, so
+    // they are found even if the run that made them used another work root ($TMPDIR).
+    let ours = |path: &Path| path.components().any(|c| c.as_os_str() == cluster);
     left.mounts = mounts::mounts()?
         .into_iter()
-        .filter(|m| m.mount_point.starts_with(&work_dir))
+        .filter(|m| m.mount_point.starts_with(&work_dir) || ours(&m.mount_point))
         .map(|m| (m.mount_point, m.source))
         .collect();
     left.loop_devices = attached_loop_devices()?
         .into_iter()
-        .filter(|(_, backing)| backing.starts_with(&work_dir))
+        .filter(|(_, backing)| backing.starts_with(&work_dir) || ours(backing))
         .collect();
     left.work_dir = work_dir.exists().then_some(work_dir);
     Ok(left)
