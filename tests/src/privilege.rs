@@ -40,11 +40,15 @@ fn has_sys_admin() -> bool {
 
 /// Requires an effective uid of 0 with `CAP_SYS_ADMIN` (mount, loop devices).
 pub fn require_root() -> Result<()> {
+    require_root_for("this test mounts FUSE and ext4 file systems and attaches loop devices")
+}
+
+/// [`require_root`], with `why` in the message.
+fn require_root_for(why: &str) -> Result<()> {
     if !nix::unistd::geteuid().is_root() {
         return Err(missing(
             "root (effective uid 0 with CAP_SYS_ADMIN)",
-            "this test mounts FUSE and ext4 file systems and attaches loop devices; \
-             run it as root, as CI does (e.g. `sudo -E cargo test`)",
+            format!("{why}; run it as root, as CI does (e.g. `sudo -E cargo test`)"),
         ));
     }
     if !has_sys_admin() {
@@ -168,7 +172,10 @@ fn require_tool(command: &str, package: &str, why: &str) -> Result<()> {
 /// Requires what creating network namespaces, bridges and veth pairs needs: root with
 /// `CAP_SYS_ADMIN` and `CAP_NET_ADMIN`, and iproute2's `ip` and `ss`.
 pub fn require_netns() -> Result<()> {
-    require_root()?;
+    require_root_for(
+        "the cluster harness creates network namespaces, nftables rules, loop devices \
+         and mounts",
+    )?;
     if !has_cap(CAP_NET_ADMIN) {
         return Err(missing(
             "CAP_NET_ADMIN (running as root, but without it)",

@@ -786,7 +786,9 @@ fn cli_drives_one_cluster_across_invocations() {
         &["exec", "node2", "--", "ss", "-H", "-t", "-l", "-n"],
     );
     assert!(ok, "exec: {err}");
-    let _ = out; // printed to the CLI's own stdout (inherited)
+    // `ss` ran inside node2's namespace: it lists node2's listener, on node2's address.
+    let node2_addr = on["nodes"][1]["rpc_addr"].as_str().unwrap().to_owned();
+    assert!(out.contains(&node2_addr), "ss in node2's namespace: {out}");
 
     let recorded: ClusterState =
         serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
@@ -802,4 +804,35 @@ fn cli_drives_one_cluster_across_invocations() {
     assert!(out.contains("is down"));
     assert!(!state.exists());
     assert_nothing_left(&name, &root, &pids);
+}
+
+#[test]
+fn without_root_the_cli_names_the_missing_privilege() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    privilege::require_root().expect("this test drops from root to nobody itself");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let state = dir.path().join("state.json");
+    let label = format!("np{}", std::process::id());
+    let child = Command::new(CLI)
+        .arg("--state")
+        .arg(&state)
+        .args(["up", "--nodes", "1", "--disks", "1", "--label", &label])
+        .uid(65534)
+        .gid(65534)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run the CLI as nobody");
+    let out = wait_output(child, BOUND);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("missing privilege") && stderr.contains("root"),
+        "the refusal names the privilege: {stderr}"
+    );
+    assert!(!state.exists(), "nothing recorded");
+    assert!(netns::list(&format!("dioh-{label}")).unwrap().is_empty());
 }
