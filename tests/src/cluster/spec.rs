@@ -243,6 +243,9 @@ impl ClusterSpec {
                 return bad(format!("label = {label:?} (1 to 32 of [a-z0-9])"));
             }
         }
+        if self.secret.as_ref().is_some_and(|s| s.len() < 16) {
+            return bad("secret must be at least 16 characters".into());
+        }
         let t = &self.timeouts;
         if t.poll.is_zero() || t.connect_probe.is_zero() {
             return bad("timeouts.poll and timeouts.connect_probe must be > 0".into());
@@ -273,8 +276,8 @@ pub struct NodeCommand {
     /// Arguments, with placeholders.
     pub args: Vec<String>,
     /// Extra environment variables (values with placeholders). The harness always sets
-    /// `DISKIO_NODE`, `DISKIO_CLUSTER_CONFIG`, `DISKIO_RPC_ADDR`, `DISKIO_S3_ADDR` and
-    /// `DISKIO_DISKS` (comma-separated) too.
+    /// `DISKIO_CLUSTER`, `DISKIO_NODE`, `DISKIO_CLUSTER_CONFIG`, `DISKIO_RPC_ADDR`,
+    /// `DISKIO_S3_ADDR` and `DISKIO_DISKS` (comma-separated) too.
     pub env: Vec<(String, String)>,
 }
 
@@ -557,6 +560,10 @@ mod tests {
             },
             ClusterSpec {
                 subnet: Some(Ipv4Addr::new(10, 0, 0, 1)),
+                ..ClusterSpec::default()
+            },
+            ClusterSpec {
+                secret: Some("short".into()),
                 ..ClusterSpec::default()
             },
         ] {
