@@ -166,10 +166,13 @@ pub fn remove(left: &Leftovers, timeouts: &ClusterTimeouts) -> Result<()> {
             mounts::detach_below(point);
         }
     }
-    for (device, _) in &left.loop_devices {
-        // Still attached (the unmount above detached those it mounted).
-        if device.exists() && is_still_attached(device) {
-            note(LoopDevice::adopt(device).and_then(LoopDevice::detach));
+    for (device, backing) in &left.loop_devices {
+        // Only if it still holds the same image: the unmounts above detached theirs, and
+        // a freed device number may already be someone else's.
+        match LoopDevice::adopt_backed_by(device, backing) {
+            Ok(Some(ours)) => note(ours.detach()),
+            Ok(None) => {}
+            Err(e) => note(Err(e)),
         }
     }
     if let Some(dir) = &left.work_dir {
@@ -182,12 +185,6 @@ pub fn remove(left: &Leftovers, timeouts: &ClusterTimeouts) -> Result<()> {
         }
     }
     first_error.map_or(Ok(()), Err)
-}
-
-fn is_still_attached(device: &Path) -> bool {
-    attached_loop_devices()
-        .map(|all| all.iter().any(|(d, _)| d == device))
-        .unwrap_or(true)
 }
 
 /// Names of clusters under `prefix` whose owning process is dead (namespaces or work
