@@ -270,16 +270,23 @@ impl Ext4OnLoop {
 
     /// Takes charge of an ext4 file system on the loop device `device` that may be mounted
     /// at `mount_dir` (e.g. one recorded by [`persist`](Self::persist), or left by a crashed
-    /// run): drop unmounts it if it is mounted there, then detaches the device.
+    /// run): drop unmounts it if `device` is what is mounted there, then detaches the
+    /// device (pinned open meanwhile, see [`LoopDevice::adopt`]).
     pub fn adopt(device: &Path, mount_dir: &Path) -> Result<Ext4OnLoop> {
         let device = LoopDevice::adopt(device)?;
-        let mounted = crate::mounts::is_mounted(mount_dir)?;
+        let mounted = crate::mounts::mount_at(mount_dir)?
+            .is_some_and(|m| Path::new(&m.source) == device.path());
         Ok(Ext4OnLoop {
             mount_dir: mount_dir.to_path_buf(),
             mounted,
             control: None,
             device,
         })
+    }
+
+    /// Whether the file system is (still) mounted by this value.
+    pub fn is_mounted(&self) -> bool {
+        self.mounted
     }
 
     /// [`adopt`](Self::adopt) only if `device` is still attached to `image`; `None` (and
