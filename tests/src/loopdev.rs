@@ -25,6 +25,8 @@ const MKFS_TIMEOUT: Duration = Duration::from_secs(120);
 /// descriptor is closed; a device still open elsewhere (a lazily unmounted file system)
 /// clears by itself later.
 const CLEAR_WAIT: Duration = Duration::from_secs(5);
+/// Poll interval of that wait.
+const CLEAR_POLL: Duration = Duration::from_millis(5);
 /// Bound for the ext4 mount and unmount syscalls.
 const MOUNT_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -183,7 +185,7 @@ impl LoopDevice {
                         ),
                     });
                 }
-                std::thread::sleep(Duration::from_millis(5));
+                std::thread::sleep(CLEAR_POLL);
             }
         }
         detached
