@@ -59,6 +59,9 @@ impl DiskConfig {
 pub struct Limits {
     /// Largest file `read_all` returns (it is for small metadata files).
     pub max_read_all: u64,
+    /// Largest `write_all` (the same kind of file; larger data goes through
+    /// a shard writer).
+    pub max_write_all: usize,
     /// Largest single read or write handed to the kernel; larger requests
     /// are split. Must fit in `u32` (an SQE's length field).
     pub max_io_size: usize,
@@ -78,6 +81,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_read_all: 16 << 20,
+            max_write_all: 16 << 20,
             max_io_size: 4 << 20,
             max_read_len: 64 << 20,
             max_list_entries: 100_000,
@@ -106,6 +110,12 @@ impl Limits {
         }
         if self.max_list_entries == 0 || self.max_read_len == 0 || self.max_read_all == 0 {
             return Err("limits.max_list_entries, max_read_len, max_read_all must be > 0".into());
+        }
+        if self.max_write_all as u64 > self.max_read_all {
+            return Err(
+                "limits.max_write_all must be <= max_read_all (what is written must be readable)"
+                    .into(),
+            );
         }
         Ok(())
     }

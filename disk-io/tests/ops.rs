@@ -237,3 +237,26 @@ async fn bad_paths_are_rejected_and_touch_nothing() {
     }
     assert!(!outside.exists(), "nothing written outside the disk");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_that_arrive_out_of_time_do_not_take_a_healthy_disk_out() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = disk_io::DiskConfig::default();
+    cfg.health.faulty_after_misses = 3;
+    cfg.health.no_progress_window = Duration::ZERO;
+    let disk = LocalDisk::builder(dir.path())
+        .config(cfg)
+        .open(dl())
+        .await
+        .expect("open");
+    disk.make_vol("v", dl()).await.expect("mkvol");
+    for _ in 0..10 {
+        let r = disk.stat_vol("v", Deadline::after(Duration::ZERO)).await;
+        assert!(
+            matches!(r, Err(DiskError::DeadlineExceeded { .. })),
+            "{r:?}"
+        );
+    }
+    assert_eq!(disk.state(), disk_io::HealthState::Online);
+    disk.stat_vol("v", dl()).await.expect("serves");
+}

@@ -414,7 +414,7 @@ fn threads_stuck_in_fifo_open() -> usize {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fifo_format_file_times_out_and_the_kernel_op_is_cancelled() {
+async fn a_fifo_format_file_is_refused_at_once_and_leaves_nothing_in_the_kernel() {
     privilege::require_root().expect("reading kernel stacks of io-wq workers needs root");
     let dir = tempfile::tempdir().expect("tempdir");
     let mut cfg = never_trip();
@@ -435,10 +435,28 @@ async fn fifo_format_file_times_out_and_the_kernel_op_is_cancelled() {
     std::fs::remove_file(&format).expect("rm format");
     nix::unistd::mkfifo(&format, nix::sys::stat::Mode::from_bits_truncate(0o644)).expect("mkfifo");
 
-    let d = Deadline::after(SHORT);
-    expect_deadline("get_disk_id on a FIFO", disk.disk_id(d), d).await;
+    // Opens for reading are non-blocking and checked before any I/O: a FIFO
+    // planted in place of the format file is refused at once, with a typed
+    // answer, instead of an open that waits for a writer until the deadline.
+    let t0 = Instant::now();
+    let r = disk.disk_id(Deadline::after(Duration::from_secs(5))).await;
+    assert!(
+        matches!(
+            r,
+            Err(DiskError::InvalidPath {
+                rule: disk_io::PathRule::NotRegular,
+                ..
+            })
+        ),
+        "get_disk_id on a FIFO: {r:?}"
+    );
+    assert!(
+        t0.elapsed() < Duration::from_secs(1),
+        "took {:?}",
+        t0.elapsed()
+    );
 
-    // The open was cancelled in the kernel: no zombie, no worker left in fifo_open.
+    // Nothing was left in the kernel: no zombie, no worker in fifo_open.
     let stats = disk.driver_stats().clone();
     let settled = tokio::time::timeout(Duration::from_secs(5), async {
         while stats.zombies() != 0 || threads_stuck_in_fifo_open() != 0 {
@@ -656,4 +674,52 @@ async fn concurrent_ops_on_four_disks_read_back_exactly() {
     drop(disks);
     drop(fs);
     drop(scratch);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_append_poisons_the_writer_instead_of_tearing_the_shard() {
+    let fx = fuse_disk(never_trip()).await;
+    let disk = &fx.disk;
+    let mut w = disk
+        .create_file("v", "torn", CreateOptions::default(), setup_deadline())
+        .await
+        .expect("create_file");
+    // The caller gives up on an append the kernel is still doing.
+    fx.ctl.set_latency(Duration::from_millis(300));
+    let r = tokio::time::timeout(
+        Duration::from_millis(50),
+        w.append(b"AAAAAAAA", setup_deadline()),
+    )
+    .await;
+    assert!(r.is_err(), "the append should still be running: {r:?}");
+    fx.ctl.set_latency(Duration::ZERO);
+    let r = w.append(b"BB", setup_deadline()).await;
+    assert!(
+        matches!(r, Err(DiskError::InvalidArgument { .. })),
+        "a writer whose append was abandoned must refuse to go on: {r:?}"
+    );
+    let r = w.finish(setup_deadline()).await;
+    assert!(r.is_err(), "finish of a torn shard must not be Ok: {r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_whose_creation_was_not_made_durable_is_undone() {
+    let fx = fuse_disk(never_trip()).await;
+    let disk = &fx.disk;
+    fx.ctl.fail_fsync_dir("/v");
+    let r = disk.write_all("v", "a/x", b"x", setup_deadline()).await;
+    assert!(matches!(r, Err(DiskError::MediaError { .. })), "{r:?}");
+    fx.ctl.clear_eio();
+    assert_eq!(
+        disk.list_dir("v", "", setup_deadline()).await.expect("ls"),
+        vec!["d/", "meta"],
+        "the directory that could not be made durable was removed again"
+    );
+    // The retry creates it again, and this time its parent is fsynced.
+    let before = fx.ctl.fsynced_dirs().len();
+    disk.write_all("v", "a/y", b"y", setup_deadline())
+        .await
+        .expect("write_all");
+    let synced = fx.ctl.fsynced_dirs()[before..].to_vec();
+    assert!(synced.iter().any(|d| d == "/v"), "{synced:?}");
 }

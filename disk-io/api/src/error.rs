@@ -52,8 +52,13 @@ pub enum PathRule {
     VolumeStartsWithDot,
     /// A component on the disk is a symlink; disk-io follows none.
     Symlink,
-    /// The path would resolve outside the disk root.
+    /// The path would resolve outside the disk root (or into another mount).
     Escapes,
+    /// The file has other hard links: disk-io reads and writes only files
+    /// it alone links (a planted link could reach a file elsewhere).
+    HardLinked,
+    /// Not a regular file or directory (a device node, FIFO or socket).
+    NotRegular,
 }
 
 impl PathRule {
@@ -70,7 +75,11 @@ impl PathRule {
             PathRule::VolumeHasSlash => "volume name contains '/'",
             PathRule::VolumeStartsWithDot => "volume name starts with '.'",
             PathRule::Symlink => "a component is a symlink (disk-io follows none)",
-            PathRule::Escapes => "resolves outside the disk root",
+            PathRule::Escapes => "resolves outside the disk root or into another mount",
+            PathRule::HardLinked => {
+                "the file has other hard links (disk-io touches only files it alone links)"
+            }
+            PathRule::NotRegular => "not a regular file (a device node, FIFO or socket)",
         }
     }
 }
@@ -130,9 +139,11 @@ pub enum DiskError {
         /// The peer.
         peer: String,
     },
-    /// A remote peer refused the call before running it (its concurrency
-    /// limit is reached); nothing was done.
-    #[error("peer busy: {reason}")]
+    /// The call was refused before it ran because a resource it needs is
+    /// exhausted (a peer's concurrency limit, this process's fds or
+    /// memory); nothing was done and the disk said nothing about the
+    /// request.
+    #[error("busy: {reason}")]
     Busy {
         /// Which limit.
         reason: String,
@@ -206,8 +217,9 @@ pub enum DiskError {
     /// The file system refused access.
     #[error("permission denied")]
     PermissionDenied,
-    /// This handle was opened for inspection only; it changes nothing.
-    #[error("{op} refused: the disk was opened read-only (inspection)")]
+    /// The disk cannot take changes: this handle was opened for inspection
+    /// only, or the file system is read-only (EROFS).
+    #[error("{op} refused: the disk is read-only")]
     ReadOnly {
         /// The refused operation.
         op: OpClass,

@@ -99,6 +99,17 @@ enum Cmd {
 }
 
 impl Cmd {
+    /// The operation the command stands for, for its errors.
+    fn class(&self) -> OpClass {
+        match self {
+            Cmd::Format { .. } => OpClass::Format,
+            Cmd::Id { .. } => OpClass::DiskId,
+            Cmd::Info { .. } => OpClass::DiskInfo,
+            Cmd::Probe { .. } => OpClass::Probe,
+            Cmd::Worker { .. } => OpClass::Open,
+        }
+    }
+
     fn budget(&self) -> Duration {
         match self {
             Cmd::Format { deadline, .. }
@@ -170,6 +181,16 @@ fn error_value(e: &DiskError) -> Value {
 /// The worker process: run, print one JSON line, exit (the exit itself may
 /// hang on a hung device; the parent does not wait for it).
 fn worker(args: Vec<String>) -> ExitCode {
+    // Whatever the caller's process had open and did not mark close-on-exec
+    // (a pipe a wrapper reads, a socket) would be held by a worker stuck on a
+    // hung disk after the parent has gone: keep stdin/stdout/stderr only.
+    if let Err(e) = disk_io_driver::close_inherited_fds(3) {
+        println!(
+            "{}",
+            json!({"ok": false, "error_kind": "io", "unavailable": false, "error": format!("cannot close inherited fds: {e}")})
+        );
+        return ExitCode::FAILURE;
+    }
     let cli = match Cli::try_parse_from(std::iter::once("diskctl".to_string()).chain(args)) {
         Ok(c) => c,
         Err(e) => {
@@ -279,7 +300,7 @@ fn parent(cli: &Cli) -> (Value, ExitCode) {
             // No answer by the deadline: the disk did not answer.
             let _ = child.kill();
             error_value(&DiskError::DeadlineExceeded {
-                op: OpClass::Open,
+                op: cli.cmd.class(),
                 waited: started.elapsed(),
             })
         }

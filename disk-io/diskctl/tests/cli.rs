@@ -246,5 +246,59 @@ fn inspecting_works_on_a_read_only_mount() {
     // answer, as a typed error.
     let (v, ok) = diskctl(&["probe", ro_dir, "--json"]);
     assert!(!ok, "{v}");
-    assert_eq!(v["error_kind"], "media_error", "{v}");
+    assert_eq!(v["error_kind"], "read_only", "{v}");
+}
+
+#[test]
+fn the_io_process_holds_none_of_the_callers_descriptors() {
+    use std::os::fd::AsRawFd;
+    privilege::require_root().expect("this test mounts FUSE");
+    privilege::require_fuse().expect("this test mounts FUSE");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let (_scratch, fs) = FaultFs::mount_scratch().expect("mount faultfs");
+    let ctl = fs.control();
+    rt.block_on(async {
+        let disk = LocalDisk::open(fs.mountpoint(), setup())
+            .await
+            .expect("open");
+        disk.format(0, 0, false, setup()).await.expect("format");
+    });
+    // A pipe the caller did not mark close-on-exec, as a shell's `3>&1` or
+    // a wrapper's socket would be.
+    let (rd, wr) = nix::unistd::pipe().expect("pipe");
+    nix::fcntl::fcntl(
+        &wr,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+    )
+    .expect("clear CLOEXEC");
+    ctl.hang();
+    let dir = fs.mountpoint().to_str().expect("utf8").to_string();
+    let (v, ok, _) = diskctl_timed(&["id", dir.as_str(), "--json", "--deadline", "300ms"]);
+    assert!(!ok, "{v}");
+    assert_eq!(v["error_kind"], "deadline_exceeded");
+    // The CLI is gone and its stuck worker (still in the kernel on the hung
+    // mount, until the release below) must not hold our pipe's write end:
+    // with ours closed, a read sees EOF while the mount is still hung.
+    // (Processes that other tests of this binary start meanwhile inherit
+    // the write end for as long as they run, so wait for them, boundedly.)
+    drop(wr);
+    nix::fcntl::fcntl(
+        &rd,
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    )
+    .expect("nonblocking");
+    let t0 = Instant::now();
+    let mut buf = [0u8; 1];
+    loop {
+        match nix::unistd::read(&rd, &mut buf) {
+            Ok(0) => break,
+            r if t0.elapsed() > Duration::from_secs(15) => panic!(
+                "the pipe (fd {}) is still held open, most likely by diskctl's stuck I/O process ({r:?})",
+                rd.as_raw_fd()
+            ),
+            _ => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+    assert!(ctl.is_hung(), "checked while the worker was still stuck");
+    ctl.release();
 }

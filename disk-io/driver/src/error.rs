@@ -10,6 +10,9 @@ use disk_io_api::{DiskError, Errno, OpClass, PathRule, WrongType};
 /// (a probe reading back other bytes than it wrote).
 pub const EIO: Errno = Errno(libc::EIO);
 
+/// EINVAL (an O_DIRECT open on a file system without it answers this).
+pub const EINVAL: Errno = Errno(libc::EINVAL);
+
 /// The errnos disk-io tells apart, by what they mean for a disk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum OsError {
@@ -38,13 +41,20 @@ pub enum OsError {
     Invalid,
     /// EAGAIN / EWOULDBLOCK (a held lock with `LOCK_NB`).
     WouldBlock,
-    /// The device reports an error about the data: EIO, EROFS (a file
-    /// system remounted read-only after an error), EUCLEAN, EBADMSG.
+    /// EROFS: the file system is read-only (mounted so, or remounted after
+    /// an error); the disk can answer reads, not changes.
+    ReadOnlyFs,
+    /// The device reports an error about the data: EIO, EUCLEAN, EBADMSG.
     Media,
-    /// The device or file system is gone: ENOTCONN (dead FUSE daemon),
-    /// ESHUTDOWN, ECONNABORTED, ECONNRESET, ENODEV, ENXIO, ESTALE,
-    /// EHOSTDOWN, ENOMEDIUM.
+    /// The device, file system or its transport is gone: ENOTCONN (dead
+    /// FUSE daemon), ESHUTDOWN, ECONNABORTED, ECONNRESET, ENODEV, ENXIO,
+    /// ESTALE, EHOSTDOWN, ENOMEDIUM, and what a network-backed file system
+    /// returns when its server is unreachable (ETIMEDOUT, EHOSTUNREACH,
+    /// ENETUNREACH, ENETDOWN, ECONNREFUSED, ENOLINK, EREMOTEIO, ECOMM).
     Gone,
+    /// This process is out of something it needs to make the call (EMFILE,
+    /// ENFILE, ENOMEM): the disk said nothing about the request.
+    Exhausted,
     /// Anything else.
     Other,
 }
@@ -65,7 +75,8 @@ impl OsError {
             libc::ENAMETOOLONG => OsError::NameTooLong,
             libc::EINVAL => OsError::Invalid,
             libc::EAGAIN => OsError::WouldBlock,
-            libc::EIO | libc::EROFS | libc::EUCLEAN | libc::EBADMSG => OsError::Media,
+            libc::EROFS => OsError::ReadOnlyFs,
+            libc::EIO | libc::EUCLEAN | libc::EBADMSG => OsError::Media,
             libc::ENOTCONN
             | libc::ESHUTDOWN
             | libc::ECONNABORTED
@@ -74,7 +85,16 @@ impl OsError {
             | libc::ENXIO
             | libc::ESTALE
             | libc::EHOSTDOWN
-            | libc::ENOMEDIUM => OsError::Gone,
+            | libc::ENOMEDIUM
+            | libc::ETIMEDOUT
+            | libc::EHOSTUNREACH
+            | libc::ENETUNREACH
+            | libc::ENETDOWN
+            | libc::ECONNREFUSED
+            | libc::ENOLINK
+            | libc::EREMOTEIO
+            | libc::ECOMM => OsError::Gone,
+            libc::EMFILE | libc::ENFILE | libc::ENOMEM => OsError::Exhausted,
             _ => OsError::Other,
         }
     }
@@ -150,7 +170,11 @@ impl DriverError {
             OsError::NoSpace => DiskError::NoSpace,
             OsError::Access => DiskError::PermissionDenied,
             OsError::Media => DiskError::MediaError { op, errno },
+            OsError::ReadOnlyFs => DiskError::ReadOnly { op },
             OsError::Gone => DiskError::DeviceGone { op, errno },
+            OsError::Exhausted => DiskError::Busy {
+                reason: format!("{op}: {errno}"),
+            },
             OsError::Invalid | OsError::WouldBlock | OsError::Other => DiskError::Io { op, errno },
         }
     }
@@ -177,8 +201,49 @@ mod tests {
     }
 
     #[test]
+    fn an_unreachable_network_file_system_is_unavailable() {
+        for e in [
+            libc::ETIMEDOUT,
+            libc::EHOSTUNREACH,
+            libc::ENETUNREACH,
+            libc::ENETDOWN,
+            libc::ECONNREFUSED,
+            libc::ENOLINK,
+            libc::EREMOTEIO,
+            libc::ECOMM,
+        ] {
+            let d = DriverError::os(e).into_disk(OpClass::ReadAll, "v/x");
+            assert!(
+                d.is_unavailable() && d.is_device_fault(),
+                "errno {e}: {d:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn local_exhaustion_is_unavailable_but_not_a_device_fault() {
+        for e in [libc::EMFILE, libc::ENFILE, libc::ENOMEM] {
+            let d = DriverError::os(e).into_disk(OpClass::ReadAll, "v/x");
+            assert!(d.is_unavailable(), "errno {e}: {d:?}");
+            assert!(!d.is_device_fault(), "errno {e}: {d:?}");
+        }
+    }
+
+    #[test]
+    fn a_read_only_file_system_answers_and_is_not_a_fault() {
+        let d = DriverError::os(libc::EROFS).into_disk(OpClass::WriteAll, "v/x");
+        assert_eq!(
+            d,
+            DiskError::ReadOnly {
+                op: OpClass::WriteAll
+            }
+        );
+        assert!(!d.is_unavailable() && !d.is_device_fault());
+    }
+
+    #[test]
     fn media_errors_are_answered_device_faults() {
-        for e in [libc::EIO, libc::EROFS, libc::EUCLEAN] {
+        for e in [libc::EIO, libc::EUCLEAN, libc::EBADMSG] {
             let d = DriverError::os(e).into_disk(OpClass::ReadAll, "v/x");
             assert!(!d.is_unavailable(), "errno {e}");
             assert!(d.is_device_fault(), "errno {e}");

@@ -301,19 +301,14 @@ impl Open {
         }
     }
 
-    /// `O_RDONLY`.
+    /// `O_RDONLY | O_NONBLOCK | O_NOCTTY`: opening a FIFO or a device node
+    /// planted in a file's place neither blocks nor acquires a terminal;
+    /// callers `fstat` before any I/O and refuse what is not a regular file.
+    /// (`O_NONBLOCK` changes nothing for a regular file's reads.)
     pub fn read() -> Open {
         Open {
-            flags: libc::O_RDONLY,
+            flags: libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY,
             mode: 0,
-        }
-    }
-
-    /// `O_WRONLY | O_CREAT | O_TRUNC`.
-    pub fn create_truncate(mode: u32) -> Open {
-        Open {
-            flags: libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC,
-            mode,
         }
     }
 

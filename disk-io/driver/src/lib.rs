@@ -31,7 +31,8 @@
 //! buffers and io-wq workers.
 //!
 //! **Invariant:** every open relative to a directory resolves with
-//! `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS`, and every
+//! `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS |
+//! RESOLVE_NO_XDEV` (no symlink, no way out, no other mount), and every
 //! name-based call takes a single [`Name`]: nothing this driver does
 //! relative to a directory follows a symlink or leaves that directory.
 
@@ -46,7 +47,7 @@ mod ring;
 mod stat;
 
 pub use buf::{AlignedBuf, IoBuf};
-pub use error::{DriverError, OsError, EIO};
+pub use error::{DriverError, OsError, EINVAL, EIO};
 pub use file::{File, Name, Open, RelPath, NAME_MAX};
 #[cfg(feature = "raw")]
 pub use raw::KernelDeadline;
@@ -171,6 +172,11 @@ struct Shared {
     stats: Arc<DriverStats>,
     next_op_id: AtomicU64,
     pool: pool::BlockingPool,
+    /// One thread, one job at a time, for tree removal (trash purges): a
+    /// purge is long and must not take the pool's threads or the disk's
+    /// in-flight permits from callers.
+    janitor: pool::BlockingPool,
+    janitor_permit: Arc<Semaphore>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
@@ -199,6 +205,25 @@ pub(crate) fn wake(fd: &OwnedFd) {
     // counter (EAGAIN) still means a wake is pending, so the result is moot.
     unsafe {
         libc::write(fd.as_raw_fd(), &one as *const u64 as *const libc::c_void, 8);
+    }
+}
+
+/// Close every fd from `first` up (`close_range`), for a process that must
+/// not hold descriptors it inherited: `diskctl`'s I/O worker, which may
+/// outlive its parent on a hung disk and must not keep a caller's pipe or
+/// socket open. Call it first thing in `main`, before anything opens fds.
+pub fn close_inherited_fds(first: u32) -> Result<(), DriverError> {
+    // SAFETY: close_range takes plain integers; closing fds that nothing in
+    // this process uses yet (the caller's contract) cannot free memory.
+    let r = unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, 0u32) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(DriverError::os(
+            std::io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EIO),
+        ))
     }
 }
 
@@ -287,6 +312,15 @@ impl Driver {
         let pool =
             pool::BlockingPool::start(name, cfg.blocking_threads, cfg.max_in_flight, stats.clone())
                 .map_err(io_err)?;
+        // Its own counters: a purge the caller stopped waiting for is not one
+        // of the disk's zombies.
+        let janitor = pool::BlockingPool::start(
+            &format!("jan-{name}"),
+            1,
+            1,
+            Arc::new(DriverStats::default()),
+        )
+        .map_err(io_err)?;
         Ok(Driver {
             shared: Arc::new(Shared {
                 tx,
@@ -296,6 +330,8 @@ impl Driver {
                 stats,
                 next_op_id: AtomicU64::new(1),
                 pool,
+                janitor,
+                janitor_permit: Arc::new(Semaphore::new(1)),
                 thread: Mutex::new(Some(thread)),
             }),
         })
@@ -426,9 +462,9 @@ impl Driver {
     }
 
     /// `openat2` of `path` beneath `dir` with `RESOLVE_BENEATH |
-    /// RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS`: a symlink anywhere on
-    /// the path fails with [`OsError::Symlink`], a way out of `dir` with
-    /// [`OsError::CrossesBoundary`].
+    /// RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV`: a
+    /// symlink anywhere on the path fails with [`OsError::Symlink`], a way
+    /// out of `dir` or into another mount with [`OsError::CrossesBoundary`].
     pub async fn open(
         &self,
         dir: &File,
@@ -436,8 +472,10 @@ impl Driver {
         how: Open,
         deadline: Deadline,
     ) -> Result<File, DriverError> {
-        let resolve =
-            libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
+        let resolve = libc::RESOLVE_BENEATH
+            | libc::RESOLVE_NO_SYMLINKS
+            | libc::RESOLVE_NO_MAGICLINKS
+            | libc::RESOLVE_NO_XDEV;
         self.open_at(
             dir.raw(),
             Some(dir.clone()),
@@ -733,15 +771,23 @@ impl Driver {
     }
 
     /// Remove up to `limit` entries of the directory `dir` (each
-    /// recursively, following no symlink); returns how many went.
+    /// recursively, following no symlink and entering no other mount);
+    /// returns how many went. Runs on the driver's one janitor thread, one
+    /// removal at a time, outside the in-flight permits and zombie counts.
     pub async fn remove_children(
         &self,
         dir: &File,
         limit: usize,
         deadline: Deadline,
     ) -> Result<usize, DriverError> {
+        let started = Instant::now();
+        let permit = Self::acquire(&self.shared.janitor_permit, deadline, started).await?;
         let dir = dir.clone();
-        self.blocking(deadline, move || pool::remove_children(&dir, limit))
+        self.shared
+            .janitor
+            .run(deadline, started, permit, move || {
+                pool::remove_children(&dir, limit)
+            })
             .await?
     }
 }

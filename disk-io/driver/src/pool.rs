@@ -29,7 +29,10 @@ const ZOMBIE: u8 = 4;
 struct Job {
     state: Arc<AtomicU8>,
     deadline: Deadline,
-    _permit: OwnedSemaphorePermit,
+    /// The in-flight permit. A caller that leaves before the job started
+    /// takes it back at once (the job will be skipped), so queued jobs of
+    /// departed callers never starve ring ops of permits.
+    _permit: Arc<std::sync::Mutex<Option<OwnedSemaphorePermit>>>,
     work: Box<dyn FnOnce() + Send>,
 }
 
@@ -70,10 +73,11 @@ impl BlockingPool {
     {
         let (tx, rx) = oneshot::channel();
         let state = Arc::new(AtomicU8::new(QUEUED));
+        let permit = Arc::new(std::sync::Mutex::new(Some(permit)));
         let job = Job {
             state: state.clone(),
             deadline,
-            _permit: permit,
+            _permit: permit.clone(),
             work: Box::new(move || {
                 let _ = tx.send(f());
             }),
@@ -99,8 +103,11 @@ impl BlockingPool {
                 // and wrap the counter.
                 if state
                     .compare_exchange(QUEUED, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
-                    .is_err()
+                    .is_ok()
                 {
+                    // Never started, never will: its permit goes back now.
+                    drop(permit.lock().unwrap_or_else(|e| e.into_inner()).take());
+                } else {
                     self.stats.zombies.fetch_add(1, Ordering::AcqRel);
                     if state
                         .compare_exchange(RUNNING, ZOMBIE, Ordering::AcqRel, Ordering::Acquire)
@@ -170,6 +177,7 @@ pub(crate) fn statfs(file: &File) -> Result<Statfs, DriverError> {
         free: v.blocks_free() * frsize,
         files: v.files(),
         files_free: v.files_free(),
+        read_only: v.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY),
     })
 }
 
@@ -177,7 +185,7 @@ pub(crate) fn read_dir(dir: &File, limit: usize) -> Result<ReadDir, DriverError>
     use nix::dir::{Dir, Type};
     // A dup shares the open file description, so closing it when `Dir`
     // drops releases nothing on the file system (no RELEASEDIR on FUSE);
-    // the description closes with `dir`, through the ring.
+    // the description closes when the last clone of `dir` goes.
     let dup = nix::unistd::dup(borrow(dir)).map_err(nix_err)?;
     let mut d = Dir::from_fd(dup).map_err(nix_err)?;
     let mut out = ReadDir::default();
@@ -236,26 +244,92 @@ pub(crate) fn try_lock_exclusive(file: &File) -> Result<(), DriverError> {
     }
 }
 
+/// Deepest tree [`remove_children`] walks (a tree deeper than any path
+/// disk-io can create is not ours).
+const MAX_REMOVE_DEPTH: usize = 512;
+
+/// Remove up to `limit` entries of `dir`, each recursively, descending
+/// with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_XDEV)`
+/// and removing with `unlinkat`, relative to the directory being emptied:
+/// no symlink is followed (a link is removed itself) and no other mount is
+/// entered, bind mounts of the same file system included (the walk stops
+/// there with `CrossesBoundary`, and the tree is left in place).
 pub(crate) fn remove_children(dir: &File, limit: usize) -> Result<usize, DriverError> {
     let listing = read_dir(dir, limit)?;
     let mut removed = 0;
     for e in listing.entries {
-        // `/proc/self/fd/N/name` starts at this very directory, whatever
-        // its path is now; std's remove_dir_all then walks with
-        // openat(O_NOFOLLOW) and unlinkat, never through a symlink.
-        let mut p = std::path::PathBuf::from(format!("/proc/self/fd/{}", dir.raw()));
-        p.push(&e.name);
-        let r = if e.kind == FileKind::Dir {
-            std::fs::remove_dir_all(&p)
-        } else {
-            std::fs::remove_file(&p)
-        };
-        match r {
+        match remove_entry(borrow(dir), &e.name, e.kind, 0) {
             Ok(()) => removed += 1,
             // Another purge got there first.
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-            Err(err) => return Err(DriverError::os(err.raw_os_error().unwrap_or(libc::EIO))),
+            Err(err) if err.is(crate::OsError::NotFound) => {}
+            Err(err) => return Err(err),
         }
     }
     Ok(removed)
+}
+
+fn remove_entry(
+    parent: BorrowedFd<'_>,
+    name: &std::ffi::OsStr,
+    kind: FileKind,
+    depth: usize,
+) -> Result<(), DriverError> {
+    use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
+    use nix::unistd::{unlinkat, UnlinkatFlags};
+    if kind != FileKind::Dir {
+        return unlinkat(parent, name, UnlinkatFlags::NoRemoveDir).map_err(nix_err);
+    }
+    if depth >= MAX_REMOVE_DEPTH {
+        return Err(DriverError::os(libc::ELOOP));
+    }
+    // A mount point inside the tree fails here with EXDEV: never purge
+    // another file system, or another view of this one.
+    let sub = openat2(
+        parent,
+        name,
+        OpenHow::new()
+            .flags(OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
+            .resolve(
+                ResolveFlag::RESOLVE_BENEATH
+                    | ResolveFlag::RESOLVE_NO_SYMLINKS
+                    | ResolveFlag::RESOLVE_NO_XDEV,
+            ),
+    )
+    .map_err(nix_err)?;
+    let mut d =
+        nix::dir::Dir::from_fd(nix::unistd::dup(&sub).map_err(nix_err)?).map_err(nix_err)?;
+    let mut children = Vec::new();
+    for entry in d.iter() {
+        let entry = entry.map_err(nix_err)?;
+        let child = <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(
+            entry.file_name().to_bytes(),
+        );
+        if child == "." || child == ".." {
+            continue;
+        }
+        let kind = match entry.file_type() {
+            Some(nix::dir::Type::Directory) => FileKind::Dir,
+            Some(_) => FileKind::File,
+            None => {
+                let st =
+                    nix::sys::stat::fstatat(&sub, child, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
+                        .map_err(nix_err)?;
+                if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+                    FileKind::Dir
+                } else {
+                    FileKind::File
+                }
+            }
+        };
+        children.push((child.to_os_string(), kind));
+    }
+    drop(d);
+    for (child, kind) in children {
+        match remove_entry(std::os::fd::AsFd::as_fd(&sub), &child, kind, depth + 1) {
+            Ok(()) => {}
+            Err(err) if err.is(crate::OsError::NotFound) => {}
+            Err(err) => return Err(err),
+        }
+    }
+    unlinkat(parent, name, UnlinkatFlags::RemoveDir).map_err(nix_err)
 }

@@ -55,6 +55,8 @@ pub struct Statx {
     pub size: u64,
     /// Inode number.
     pub ino: u64,
+    /// Hard links to the inode.
+    pub nlink: u32,
     /// Last modification.
     pub mtime: Timestamp,
     /// Last status change.
@@ -71,6 +73,7 @@ impl Statx {
             kind: FileKind::of_mode(st.stx_mode as u32),
             size: st.stx_size,
             ino: st.stx_ino,
+            nlink: st.stx_nlink,
             mtime: ts(st.stx_mtime),
             ctime: ts(st.stx_ctime),
         }
@@ -90,6 +93,8 @@ pub struct Statfs {
     pub files: u64,
     /// Free inodes.
     pub files_free: u64,
+    /// Mounted read-only.
+    pub read_only: bool,
 }
 
 /// One directory entry.

@@ -24,6 +24,10 @@ pub struct HealthConfig {
     /// Random extra wait, as a fraction of the backoff (0.0..=1.0), so that
     /// many disks do not probe in lock step.
     pub jitter: f64,
+    /// A deadline miss counts against the disk only if the call had at
+    /// least this much budget when it started: a caller that arrives with
+    /// its deadline (nearly) spent says nothing about the device.
+    pub min_fault_budget: Duration,
 }
 
 impl Default for HealthConfig {
@@ -37,6 +41,7 @@ impl Default for HealthConfig {
             backoff_initial: Duration::from_millis(500),
             backoff_max: Duration::from_secs(30),
             jitter: 0.2,
+            min_fault_budget: Duration::from_millis(10),
         }
     }
 }

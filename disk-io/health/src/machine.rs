@@ -296,6 +296,7 @@ mod tests {
             backoff_initial: Duration::from_millis(100),
             backoff_max: Duration::from_millis(400),
             jitter: 0.0,
+            min_fault_budget: Duration::ZERO,
         }
     }
 

@@ -14,7 +14,81 @@ use super::Inner;
 pub(crate) const DIR_MODE: u32 = 0o755;
 pub(crate) const FILE_MODE: u32 = 0o644;
 
+/// Refuse to read or write anything but a regular file only disk-io
+/// links: a directory is the wrong type, a device node, FIFO or socket is
+/// not a file, and a file with other hard links may be someone else's
+/// (a link planted to a file outside the disk, or to the format file).
+pub(crate) fn check_regular(st: &Statx, path: &str) -> Result<()> {
+    let refuse = |rule| {
+        Err(DiskError::InvalidPath {
+            path: path.to_string(),
+            rule,
+        })
+    };
+    match st.kind {
+        FileKind::File if st.nlink <= 1 => Ok(()),
+        FileKind::File => refuse(PathRule::HardLinked),
+        FileKind::Dir => Err(DiskError::WrongFileType(WrongType::IsDirectory)),
+        FileKind::Symlink => refuse(PathRule::Symlink),
+        FileKind::Other => refuse(PathRule::NotRegular),
+    }
+}
+
 impl Inner {
+    /// Open `rel` beneath `dir` for reading, and check it is a regular file
+    /// only disk-io links before any I/O (see [`check_regular`]).
+    pub(crate) async fn open_regular(
+        &self,
+        dir: &File,
+        rel: &RelPath,
+        class: OpClass,
+        deadline: Deadline,
+    ) -> Result<(File, Statx)> {
+        let file = self
+            .driver
+            .open(dir, rel, Open::read(), deadline)
+            .await
+            .map_err(|e| Self::err(e, class, rel.as_str()))?;
+        let st = self
+            .driver
+            .fstat(&file, deadline)
+            .await
+            .map_err(|e| Self::err(e, class, rel.as_str()))?;
+        check_regular(&st, rel.as_str())?;
+        Ok((file, st))
+    }
+
+    /// Create `name` in `dir` as a new file (`O_CREAT | O_EXCL`), replacing
+    /// whatever entry had that name by unlinking the entry first, never by
+    /// truncating the inode it names: a hard link or device node planted
+    /// there is unlinked, not written through.
+    pub(crate) async fn create_replacing(
+        &self,
+        dir: &File,
+        name: &Name,
+        how: Open,
+        class: OpClass,
+        path: &str,
+        deadline: Deadline,
+    ) -> Result<File> {
+        let rel = RelPath::from(name.clone());
+        for _ in 0..2 {
+            match self.driver.open(dir, &rel, how, deadline).await {
+                Ok(f) => return Ok(f),
+                Err(e) if e.is(OsError::Exists) => {
+                    match self.driver.unlinkat(dir, name, false, deadline).await {
+                        Ok(()) => {}
+                        Err(e) if e.is(OsError::NotFound) => {}
+                        Err(e) => return Err(Self::err(e, class, path)),
+                    }
+                }
+                Err(e) => return Err(Self::err(e, class, path)),
+            }
+        }
+        // Recreated by someone else between our unlink and our create, twice.
+        Err(DiskError::FileExists)
+    }
+
     /// The API error for a driver error on `path` (see
     /// [`DriverError::into_disk`]).
     pub(crate) fn err(e: DriverError, class: OpClass, path: &str) -> DiskError {
@@ -37,8 +111,17 @@ impl Inner {
 
     /// The parent directory of `p` (`O_RDONLY`, so it can be fsynced). With
     /// `create`, directories missing between the volume and the target are
-    /// made, each made durable by an fsync of its own parent; the volume
-    /// itself is never created (a missing one is [`DiskError::VolumeNotFound`]).
+    /// made; the volume itself is never created (a missing one is
+    /// [`DiskError::VolumeNotFound`]).
+    ///
+    /// **Invariant:** a directory this returns is durable, and so is every
+    /// directory above it that a call of this disk created. Each directory
+    /// made is registered in `fresh_dirs` until the fsync of its parent
+    /// returns; a call whose path crosses one takes the walk instead of the
+    /// fast open, and the walk fsyncs the parent of every directory it finds
+    /// already there. If that fsync fails, the directory just made is
+    /// removed again (best effort) and the error returned: nothing of the
+    /// call took effect.
     pub(crate) async fn parent_dir(
         &self,
         p: &ObjPath,
@@ -46,12 +129,12 @@ impl Inner {
         class: OpClass,
         deadline: Deadline,
     ) -> Result<File> {
-        match self
-            .open_rel(&p.parent(), Open::dir(), class, deadline)
-            .await
-        {
-            Err(DiskError::FileNotFound) if create => {}
-            r => return r,
+        let parent = p.parent();
+        if !create || !self.fresh_dirs.crosses(parent.as_str()) {
+            match self.open_rel(&parent, Open::dir(), class, deadline).await {
+                Err(DiskError::FileNotFound) if create => {}
+                r => return r,
+            }
         }
         let mut dir = self
             .open_rel(
@@ -69,15 +152,24 @@ impl Inner {
         for name in p.dirs() {
             path.push('/');
             path.push_str(name.as_str());
+            let fresh = self.fresh_dirs.register(&path);
             match self.driver.mkdirat(&dir, name, DIR_MODE, deadline).await {
-                Ok(()) => self
+                Ok(()) => {
+                    if let Err(e) = self.driver.fsync(&dir, false, deadline).await {
+                        let _ = self.driver.unlinkat(&dir, name, true, deadline).await;
+                        return Err(Self::err(e, class, &path));
+                    }
+                }
+                // Made by someone else, maybe an instant ago: make sure its
+                // entry is durable before building on it.
+                Err(e) if e.is(OsError::Exists) => self
                     .driver
                     .fsync(&dir, false, deadline)
                     .await
                     .map_err(|e| Self::err(e, class, &path))?,
-                Err(e) if e.is(OsError::Exists) => {}
                 Err(e) => return Err(Self::err(e, class, &path)),
             }
+            drop(fresh);
             // Beneath the directory we hold, following no symlink: a
             // planted link in place of `name` stops here.
             dir = self
@@ -158,26 +250,7 @@ impl Inner {
         class: OpClass,
         deadline: Deadline,
     ) -> Result<(Vec<u8>, Statx)> {
-        let file = self
-            .driver
-            .open(dir, rel, Open::read(), deadline)
-            .await
-            .map_err(|e| Self::err(e, class, rel.as_str()))?;
-        let st = self
-            .driver
-            .fstat(&file, deadline)
-            .await
-            .map_err(|e| Self::err(e, class, rel.as_str()))?;
-        match st.kind {
-            FileKind::File => {}
-            FileKind::Dir => return Err(DiskError::WrongFileType(WrongType::IsDirectory)),
-            FileKind::Symlink | FileKind::Other => {
-                return Err(DiskError::InvalidPath {
-                    path: rel.as_str().to_string(),
-                    rule: PathRule::Symlink,
-                })
-            }
-        }
+        let (file, st) = self.open_regular(dir, rel, class, deadline).await?;
         let limit = self.cfg.limits.max_read_all;
         if st.size > limit {
             return Err(DiskError::TooLarge {
@@ -222,6 +295,13 @@ impl Inner {
             )
             .await
             .map_err(|e| Self::err(e, class, "tmp"))?;
+        // From here a temporary file of ours exists: it goes away on every
+        // way out short of the commit, a dropped future (the caller's own
+        // timeout) included.
+        let mut guard = TmpGuard {
+            inner: self,
+            name: Some(tmp.clone()),
+        };
         let written = async {
             if !data.is_empty() {
                 self.write_all_at(&file, IoBuf::Vec(data.to_vec()), 0, class, deadline)
@@ -241,10 +321,8 @@ impl Inner {
                 .map_err(|e| Self::err(e, class, dst.as_str()))
         }
         .await;
-        if let Err(e) = written {
-            self.spawn_unlink_tmp(tmp);
-            return Err(e);
-        }
+        written?;
+        guard.name = None;
         committed.store(true, Ordering::Release);
         self.make_durable(dst_dir, class, dst.as_str(), deadline)
             .await
@@ -306,21 +384,115 @@ impl Inner {
     }
 
     /// Empty the trash in the background (trees moved there by recursive
-    /// deletes, and the previous run's temporary files). Owner only.
+    /// deletes, and the previous run's temporary files). Owner only. One
+    /// purge runs at a time, on the driver's janitor thread; a request while
+    /// one runs makes it go round once more instead of starting another.
     pub(crate) fn spawn_purge(&self) {
         let Some(trash) = self.sys.as_ref().and_then(|s| s.trash.clone()) else {
             return;
         };
+        let state = self.purge.clone();
+        state.again.store(true, Ordering::Release);
+        if state.running.swap(true, Ordering::AcqRel) {
+            return;
+        }
         let driver = self.driver.clone();
-        let deadline = Deadline::after(self.cfg.timeouts.trash_purge);
+        let budget = self.cfg.timeouts.trash_purge;
         let limit = self.cfg.limits.max_list_entries;
         let label = self.label.clone();
         tokio::spawn(async move {
-            match driver.remove_children(&trash, limit, deadline).await {
-                Ok(0) => {}
-                Ok(n) => tracing::debug!(disk = %label, removed = n, "trash purged"),
-                Err(e) => tracing::warn!(disk = %label, error = %e, "trash purge did not finish"),
+            loop {
+                while state.again.swap(false, Ordering::AcqRel) {
+                    match driver
+                        .remove_children(&trash, limit, Deadline::after(budget))
+                        .await
+                    {
+                        Ok(0) => {}
+                        Ok(n) => tracing::debug!(disk = %label, removed = n, "trash purged"),
+                        Err(e) => {
+                            tracing::warn!(disk = %label, error = %e, "trash purge did not finish")
+                        }
+                    }
+                }
+                state.running.store(false, Ordering::Release);
+                // A request that came after the last round but before
+                // `running` cleared: take it, unless another task did.
+                if !state.again.load(Ordering::Acquire)
+                    || state.running.swap(true, Ordering::AcqRel)
+                {
+                    return;
+                }
             }
         });
+    }
+}
+
+/// Directories created by this disk whose parent's fsync has not returned
+/// yet (see [`Inner::parent_dir`]). At most one entry per directory level a
+/// call is creating, so bounded by the calls in flight.
+#[derive(Debug, Default)]
+pub(crate) struct FreshDirs {
+    dirs: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+impl FreshDirs {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
+        self.dirs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether `dir` or any directory above it is not yet durable.
+    fn crosses(&self, dir: &str) -> bool {
+        let dirs = self.lock();
+        if dirs.is_empty() {
+            return false;
+        }
+        dir.match_indices('/')
+            .map(|(i, _)| &dir[..i])
+            .chain(std::iter::once(dir))
+            .any(|d| dirs.contains(d))
+    }
+
+    /// Register `dir` until the returned guard drops.
+    fn register<'a>(&'a self, dir: &str) -> FreshGuard<'a> {
+        let added = self.lock().insert(dir.to_string());
+        FreshGuard {
+            set: self,
+            dir: added.then(|| dir.to_string()),
+        }
+    }
+}
+
+pub(crate) struct FreshGuard<'a> {
+    set: &'a FreshDirs,
+    /// `None` when another call registered the same directory first.
+    dir: Option<String>,
+}
+
+impl Drop for FreshGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(d) = self.dir.take() {
+            self.set.lock().remove(&d);
+        }
+    }
+}
+
+/// Whether a trash purge runs, and whether another round is wanted.
+#[derive(Debug, Default)]
+pub(crate) struct PurgeState {
+    running: AtomicBool,
+    again: AtomicBool,
+}
+
+/// Removes an atomic write's temporary file when dropped armed.
+struct TmpGuard<'a> {
+    inner: &'a Inner,
+    name: Option<Name>,
+}
+
+impl Drop for TmpGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(name) = self.name.take() {
+            self.inner.spawn_unlink_tmp(name);
+        }
     }
 }

@@ -176,6 +176,8 @@ impl LocalDiskBuilder {
             id_cache: Mutex::new(None),
             stall: self.stall,
             monitor: Mutex::new(None),
+            fresh_dirs: fs::FreshDirs::default(),
+            purge: Arc::default(),
         });
         if inner.mode == OpenMode::Owner {
             inner.spawn_purge();
@@ -409,6 +411,11 @@ pub(crate) struct Inner {
     id_cache: Mutex<Option<CachedId>>,
     stall: Option<Arc<dyn StallSource>>,
     monitor: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Directories being made durable (see `Inner::parent_dir`).
+    fresh_dirs: fs::FreshDirs,
+    /// One trash purge at a time; a request while one runs makes it go
+    /// round once more.
+    purge: Arc<fs::PurgeState>,
     driver: Driver,
 }
 
@@ -444,6 +451,7 @@ impl Inner {
         F: Future<Output = Result<T>>,
     {
         let started = Instant::now();
+        let budget = deadline.remaining();
         if let Err(e) = self.health.admit() {
             crate::metrics::fail_fast(&self.label, class);
             return Err(e);
@@ -480,7 +488,13 @@ impl Inner {
                 tracing::debug!(disk = %self.label, op = %class, error = %e, ?elapsed, "device fault");
             }
         }
-        self.health.on_outcome(&res);
+        // A miss of a call that came with (almost) no budget is the caller's,
+        // not the device's: it neither counts against the disk nor as progress.
+        let callers_miss = matches!(res, Err(DiskError::DeadlineExceeded { .. }))
+            && budget < self.cfg.health.min_fault_budget;
+        if !callers_miss {
+            self.health.on_outcome(&res);
+        }
         res
     }
 

@@ -49,6 +49,26 @@ impl Inner {
         r
     }
 
+    /// The health probe of an inspection handle: reads only.
+    async fn read_probe(&self) -> Result<()> {
+        let class = OpClass::Probe;
+        let deadline = self.cfg.deadline(class);
+        let r = match self.sys.as_ref() {
+            Some(sys) => self
+                .read_small(&sys.dir, &Self::format_name(), class, deadline)
+                .await
+                .map(|_| ()),
+            None => self
+                .driver
+                .statfs(&self.root, deadline)
+                .await
+                .map(|_| ())
+                .map_err(|e| Self::err(e, class, ".")),
+        };
+        crate::metrics::probe(&self.label, r.is_ok());
+        r
+    }
+
     async fn probe_steps(&self, deadline: Deadline) -> Result<()> {
         let class = OpClass::Probe;
         let tmp = self.sys()?.tmp.as_ref().ok_or(DiskError::Unformatted)?;
@@ -107,7 +127,13 @@ impl Inner {
             return;
         }
         if self.health.probe_due() {
-            let r = self.probe().await;
+            let r = match self.mode {
+                super::OpenMode::Owner => self.probe().await,
+                // An inspection handle never writes on its own: its health
+                // probe reads the disk's identity (or the root's capacity on
+                // a directory that is not a disk) under the probe budget.
+                super::OpenMode::Inspect => self.read_probe().await,
+            };
             self.health.on_probe(&r);
         }
     }

@@ -21,6 +21,9 @@ use disk_io_api::{
 };
 use disk_io_driver::{AlignedBuf, FileKind, Open, OsError, RelPath};
 
+/// EINVAL, what an O_DIRECT open answers on a file system without it.
+const EINVAL: disk_io_api::Errno = disk_io_driver::EINVAL;
+
 use super::fs::{DIR_MODE, FILE_MODE};
 use super::paths::{system_name, DirPath, ObjPath, VolName};
 use super::shard::LocalShardWriter;
@@ -90,6 +93,7 @@ impl Inner {
                 .statx(&sys.dir, &name, deadline)
                 .await
                 .map_err(|e| unformatted(Self::err(e, class, FORMAT_FILE)))?;
+            crate::local::fs::check_regular(&st, FORMAT_FILE)?;
             if (st.ino, st.mtime, st.size) == (ino, mtime, size) {
                 if let Some(c) = self
                     .id_cache
@@ -171,14 +175,15 @@ impl Disk for LocalDisk {
         let class = OpClass::MakeVol;
         let v = VolName::new(vol)?;
         inner.writable(class)?;
+        let committed = AtomicBool::new(false);
         inner
-            .run(class, deadline, None, async {
+            .run_committing(class, deadline, None, &committed, async {
                 match inner
                     .driver
                     .mkdirat(&inner.root, v.name(), DIR_MODE, deadline)
                     .await
                 {
-                    Ok(()) => {}
+                    Ok(()) => committed.store(true, Ordering::Release),
                     Err(e) if e.is(OsError::Exists) => return Err(DiskError::VolumeExists),
                     Err(e) => return Err(Inner::err(e, class, vol)),
                 }
@@ -309,6 +314,13 @@ impl Disk for LocalDisk {
         let class = OpClass::WriteAll;
         let p = ObjPath::new(vol, path)?;
         inner.writable(class)?;
+        let limit = inner.cfg.limits.max_write_all;
+        if data.len() > limit {
+            return Err(DiskError::TooLarge {
+                size: data.len() as u64,
+                limit: limit as u64,
+            });
+        }
         let committed = AtomicBool::new(false);
         inner
             .run_committing(class, deadline, Some(p.vol()), &committed, async {
@@ -347,19 +359,20 @@ impl Disk for LocalDisk {
             .run(class, deadline, Some(p.vol()), async {
                 let dir = inner.parent_dir(&p, true, class, deadline).await?;
                 let how = if opts.direct {
-                    Open::create_truncate(FILE_MODE).direct()
+                    Open::create_new(FILE_MODE).direct()
                 } else {
-                    Open::create_truncate(FILE_MODE)
+                    Open::create_new(FILE_MODE)
                 };
                 let file = inner
-                    .driver
-                    .open(&dir, &RelPath::from(p.name().clone()), how, deadline)
+                    .create_replacing(&dir, p.name(), how, class, p.as_str(), deadline)
                     .await
-                    .map_err(|e| match e.os_kind() {
-                        Some(OsError::Invalid) if opts.direct => DiskError::InvalidArgument {
-                            reason: "the file system does not support O_DIRECT".into(),
-                        },
-                        _ => Inner::err(e, class, p.as_str()),
+                    .map_err(|e| match e {
+                        DiskError::Io { errno, .. } if opts.direct && errno == EINVAL => {
+                            DiskError::InvalidArgument {
+                                reason: "the file system does not support O_DIRECT".into(),
+                            }
+                        }
+                        e => e,
                     })?;
                 let w: Box<dyn ShardWriter> = Box::new(LocalShardWriter::new(
                     self.inner.clone(),
@@ -393,8 +406,8 @@ impl Disk for LocalDisk {
         }
         inner
             .run(class, deadline, Some(p.vol()), async {
-                let file = inner
-                    .open_rel(&p.rel(), Open::read(), class, deadline)
+                let (file, _) = inner
+                    .open_regular(&inner.root, &p.rel(), class, deadline)
                     .await?;
                 let data = inner
                     .read_range(&file, offset, len, class, deadline)
@@ -434,7 +447,11 @@ impl Disk for LocalDisk {
                         modified: st.mtime.system_time(),
                         is_dir: st.kind == FileKind::Dir,
                     }),
-                    FileKind::Symlink | FileKind::Other => Err(symlink(p.as_str())),
+                    FileKind::Symlink => Err(symlink(p.as_str())),
+                    FileKind::Other => Err(DiskError::InvalidPath {
+                        path: p.as_str().to_string(),
+                        rule: PathRule::NotRegular,
+                    }),
                 }
             })
             .await

@@ -53,24 +53,22 @@ impl LocalShardWriter {
         })
     }
 
-    /// Write `buf` at the current offset; poison the writer on failure.
+    /// Write `buf` at the current offset. The writer is poisoned *before*
+    /// the write and healed only by its success: if the caller drops the
+    /// future mid-write (a timeout, a `select!`), the kernel may still land
+    /// the bytes, so the file's content is undefined and the writer refuses
+    /// to go on rather than `finish` a torn shard as `Ok`.
     async fn write(&mut self, buf: IoBuf, class: OpClass, deadline: Deadline) -> Result<IoBuf> {
         let file = self.file()?;
         let len = buf.len() as u64;
-        match self
+        self.poisoned = true;
+        let b = self
             .disk
             .write_all_at(&file, buf, self.offset, class, deadline)
-            .await
-        {
-            Ok(b) => {
-                self.offset += len;
-                Ok(b)
-            }
-            Err(e) => {
-                self.poisoned = true;
-                Err(e)
-            }
-        }
+            .await?;
+        self.poisoned = false;
+        self.offset += len;
+        Ok(b)
     }
 
     /// Write the staging buffer's first `len` bytes (a multiple of the
@@ -128,7 +126,8 @@ impl ShardWriter for LocalShardWriter {
     async fn finish(mut self: Box<Self>, deadline: Deadline) -> Result<u64> {
         let disk = self.disk.clone();
         let class = OpClass::Finish;
-        disk.run(class, deadline, None, async {
+        let committed = std::sync::atomic::AtomicBool::new(false);
+        disk.run_committing(class, deadline, None, &committed, async {
             let file = self.file()?;
             if let Some(staged) = self.staging.as_ref().map(|s| s.as_slice().len()) {
                 let align = self.disk.cfg.limits.direct_io_alignment;
@@ -143,10 +142,10 @@ impl ShardWriter for LocalShardWriter {
                     .unwrap_or_default();
                 if !tail.is_empty() {
                     // O_DIRECT cannot write an unaligned tail.
-                    file.set_direct(false).map_err(|e| {
-                        self.poisoned = true;
-                        Inner::err(e, class, "")
-                    })?;
+                    self.poisoned = true;
+                    file.set_direct(false)
+                        .map_err(|e| Inner::err(e, class, ""))?;
+                    self.poisoned = false;
                     self.write(IoBuf::Vec(tail), class, deadline).await?;
                 }
             }
