@@ -132,6 +132,15 @@ impl DriverError {
         }
     }
 
+    /// The error the last failed libc call left in `errno`.
+    pub(crate) fn last_os() -> DriverError {
+        DriverError::os(
+            std::io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EIO),
+        )
+    }
+
     /// The kind of an OS error, if it is one.
     pub fn os_kind(&self) -> Option<OsError> {
         match self {

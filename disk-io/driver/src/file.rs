@@ -78,11 +78,7 @@ impl File {
         };
         // SAFETY: as above.
         if fl < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, new) } < 0 {
-            return Err(crate::DriverError::os(
-                std::io::Error::last_os_error()
-                    .raw_os_error()
-                    .unwrap_or(libc::EIO),
-            ));
+            return Err(crate::DriverError::last_os());
         }
         Ok(())
     }

@@ -219,11 +219,7 @@ pub fn close_inherited_fds(first: u32) -> Result<(), DriverError> {
     if r == 0 {
         Ok(())
     } else {
-        Err(DriverError::os(
-            std::io::Error::last_os_error()
-                .raw_os_error()
-                .unwrap_or(libc::EIO),
-        ))
+        Err(DriverError::last_os())
     }
 }
 
@@ -572,18 +568,40 @@ impl Driver {
         offset: u64,
         deadline: Deadline,
     ) -> Result<IoBuf, DriverError> {
-        let len = u32::try_from(buf.capacity()).map_err(|_| DriverError::os(libc::EINVAL))?;
+        let len = buf.capacity();
+        self.read_op(file, buf, len, offset, Some(deadline), deadline)
+            .await
+    }
+
+    /// A read of up to `len` bytes, with the kernel told about the deadline
+    /// only when `kernel_deadline` is set (the raw API prices it).
+    pub(crate) async fn read_op(
+        &self,
+        file: &File,
+        buf: IoBuf,
+        len: usize,
+        offset: u64,
+        kernel_deadline: Option<Deadline>,
+        deadline: Deadline,
+    ) -> Result<IoBuf, DriverError> {
+        let len =
+            u32::try_from(len.min(buf.capacity())).map_err(|_| DriverError::os(libc::EINVAL))?;
         let op = Op::Read {
             fd: file.raw(),
             buf,
             len,
             offset,
         };
-        match self
-            .run_enforced(op, [Some(file.clone()), None], deadline)
-            .await?
-            .op
-        {
+        let done = self
+            .run(
+                op,
+                [Some(file.clone()), None],
+                kernel_deadline,
+                deadline,
+                None,
+            )
+            .await?;
+        match done.op {
             Op::Read { buf, .. } => Ok(buf),
             _ => unreachable!("the ring hands back the op it was given"),
         }
@@ -600,6 +618,21 @@ impl Driver {
         offset: u64,
         deadline: Deadline,
     ) -> Result<(IoBuf, usize), DriverError> {
+        self.write_op(file, buf, skip, offset, Some(deadline), deadline)
+            .await
+    }
+
+    /// A write, with the kernel told about the deadline only when
+    /// `kernel_deadline` is set.
+    pub(crate) async fn write_op(
+        &self,
+        file: &File,
+        buf: IoBuf,
+        skip: usize,
+        offset: u64,
+        kernel_deadline: Option<Deadline>,
+        deadline: Deadline,
+    ) -> Result<(IoBuf, usize), DriverError> {
         if skip > buf.len() || u32::try_from(buf.len() - skip).is_err() {
             return Err(DriverError::os(libc::EINVAL));
         }
@@ -611,7 +644,13 @@ impl Driver {
             offset,
         };
         let done = self
-            .run_enforced(op, [Some(file.clone()), None], deadline)
+            .run(
+                op,
+                [Some(file.clone()), None],
+                kernel_deadline,
+                deadline,
+                None,
+            )
             .await?;
         if done.res == 0 && want > 0 {
             // A write that makes no progress would make its caller loop.

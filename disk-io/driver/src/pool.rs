@@ -236,11 +236,7 @@ pub(crate) fn try_lock_exclusive(file: &File) -> Result<(), DriverError> {
     if r == 0 {
         Ok(())
     } else {
-        Err(DriverError::os(
-            std::io::Error::last_os_error()
-                .raw_os_error()
-                .unwrap_or(libc::EIO),
-        ))
+        Err(DriverError::last_os())
     }
 }
 

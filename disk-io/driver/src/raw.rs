@@ -5,7 +5,6 @@
 
 use disk_io_api::Deadline;
 
-use crate::ops::Op;
 use crate::{Driver, DriverError, File, IoBuf};
 
 /// Whether the kernel is told about an operation's deadline.
@@ -38,27 +37,8 @@ impl Driver {
         deadline: Deadline,
         mode: KernelDeadline,
     ) -> Result<IoBuf, DriverError> {
-        let len =
-            u32::try_from(len.min(buf.capacity())).map_err(|_| DriverError::os(libc::EINVAL))?;
-        let op = Op::Read {
-            fd: file.raw(),
-            buf,
-            len,
-            offset,
-        };
-        let done = self
-            .run(
-                op,
-                [Some(file.clone()), None],
-                mode.kernel(deadline),
-                deadline,
-                None,
-            )
-            .await?;
-        match done.op {
-            Op::Read { buf, .. } => Ok(buf),
-            _ => unreachable!("the ring hands back the op it was given"),
-        }
+        self.read_op(file, buf, len, offset, mode.kernel(deadline), deadline)
+            .await
     }
 
     /// One kernel write of all valid bytes of `buf` at `offset`; returns the
@@ -71,27 +51,7 @@ impl Driver {
         deadline: Deadline,
         mode: KernelDeadline,
     ) -> Result<(IoBuf, usize), DriverError> {
-        if u32::try_from(buf.len()).is_err() {
-            return Err(DriverError::os(libc::EINVAL));
-        }
-        let op = Op::Write {
-            fd: file.raw(),
-            buf,
-            skip: 0,
-            offset,
-        };
-        let done = self
-            .run(
-                op,
-                [Some(file.clone()), None],
-                mode.kernel(deadline),
-                deadline,
-                None,
-            )
-            .await?;
-        match done.op {
-            Op::Write { buf, .. } => Ok((buf, done.res as usize)),
-            _ => unreachable!("the ring hands back the op it was given"),
-        }
+        self.write_op(file, buf, 0, offset, mode.kernel(deadline), deadline)
+            .await
     }
 }
