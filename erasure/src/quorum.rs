@@ -58,6 +58,23 @@ impl QuorumOp {
     }
 }
 
+impl QuorumOp {
+    /// Whether one answered error reaching quorum is the answer. True for
+    /// reads, listings and deletes ("not found" on a read quorum means
+    /// not found); false for writes, whose failure is always a
+    /// [`QuorumError`] (the counts show which errors came back).
+    pub fn agrees_on_errors(self) -> bool {
+        match self {
+            QuorumOp::Init
+            | QuorumOp::ReadMeta
+            | QuorumOp::ReadData
+            | QuorumOp::Delete
+            | QuorumOp::List => true,
+            QuorumOp::MakeBucket | QuorumOp::WriteData | QuorumOp::WriteMeta => false,
+        }
+    }
+}
+
 impl std::fmt::Display for QuorumOp {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
@@ -262,6 +279,16 @@ impl Tally {
         self.unavailable.iter().map(|g| g.count).sum()
     }
 
+    /// Whether the verdict would be "too few answered".
+    pub fn short_of_answers(&self) -> bool {
+        self.succeeded < self.needed && self.succeeded + self.answered_errors() < self.needed
+    }
+
+    /// The operation tallied.
+    pub fn op(&self) -> QuorumOp {
+        self.op
+    }
+
     /// Successes so far.
     pub fn succeeded(&self) -> usize {
         self.succeeded
@@ -289,8 +316,10 @@ impl Tally {
                 succeeded: self.succeeded,
             });
         }
-        if let Some(g) = self.errors.iter().find(|g| g.count >= self.needed) {
-            return Ok(Outcome::Agreed(g.error.clone()));
+        if self.op.agrees_on_errors() {
+            if let Some(g) = self.errors.iter().find(|g| g.count >= self.needed) {
+                return Ok(Outcome::Agreed(g.error.clone()));
+            }
         }
         let mut counts = self.counts();
         // Disks never recorded (the caller stopped waiting) are missing.
@@ -363,6 +392,20 @@ mod tests {
             t.verdict(0, &s),
             Ok(Outcome::Agreed(DiskError::FileNotFound))
         );
+    }
+
+    #[test]
+    fn a_write_never_agrees_on_an_error() {
+        let s = SetStats::default();
+        let mut t = Tally::new(QuorumOp::WriteData, 5, 8);
+        for _ in 0..3 {
+            t.ok(true);
+        }
+        for _ in 0..5 {
+            t.err(DiskError::NoSpace, true);
+        }
+        let e = t.verdict(0, &s).unwrap_err();
+        assert!(matches!(&e, QuorumError::Lost(c) if c.errors[0].count == 5 && c.answered == 8));
     }
 
     #[test]

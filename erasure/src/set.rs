@@ -472,6 +472,19 @@ impl ErasureSet {
         t
     }
 
+    /// The verdict of a tally, except that a shortfall of answers after the
+    /// caller's own deadline has passed is [`ErasureError::DeadlineExceeded`]:
+    /// the caller ran out of time, which says nothing about the disks (and
+    /// is never reported as disks missing).
+    fn decide(&self, t: &Tally, deadline: Deadline) -> Result<Outcome, ErasureError> {
+        if t.short_of_answers() && deadline.is_expired() {
+            return Err(ErasureError::DeadlineExceeded {
+                op: t.op().as_str(),
+            });
+        }
+        Ok(t.verdict(self.index, &self.stats)?)
+    }
+
     fn push_heal(&self, bucket: &str, object: &str) {
         self.heal.push(HealTask {
             set: self.index,
@@ -502,7 +515,7 @@ impl ErasureSet {
             }
         }
         let t = self.tally(QuorumOp::MakeBucket, self.write_quorum(), &results);
-        match t.verdict(self.index, &self.stats)? {
+        match self.decide(&t, deadline)? {
             Outcome::Met { .. } => Ok(()),
             Outcome::Agreed(e) => Err(ErasureError::Disk(e)),
         }
@@ -686,7 +699,7 @@ impl ErasureSet {
             }
             missed.push(pos);
         }
-        match t.verdict(self.index, &self.stats) {
+        match self.decide(&t, deadline) {
             Ok(Outcome::Met { .. }) => {}
             Ok(Outcome::Agreed(e)) => {
                 self.rollback_meta(bucket, name, &written);
@@ -832,10 +845,10 @@ impl ErasureSet {
                 }
             }
         }
-        self.check_live(w)
+        self.check_live(w, deadline)
     }
 
-    fn check_live(&self, w: &Writers) -> Result<(), ErasureError> {
+    fn check_live(&self, w: &Writers, deadline: Deadline) -> Result<(), ErasureError> {
         if w.live() >= self.write_quorum() {
             return Ok(());
         }
@@ -846,7 +859,7 @@ impl ErasureSet {
                 None => t.ok(self.admits(pos)),
             }
         }
-        match t.verdict(self.index, &self.stats) {
+        match self.decide(&t, deadline) {
             Err(e) => Err(e.into()),
             Ok(Outcome::Agreed(e)) => Err(agreed(e)),
             Ok(Outcome::Met { .. }) => unreachable!("fewer live writers than quorum"),
@@ -899,7 +912,7 @@ impl ErasureSet {
                 );
             }
         }
-        self.check_live(w)
+        self.check_live(w, deadline)
     }
 
     /// Read the metadata from every disk; returns as soon as a read quorum
@@ -968,7 +981,7 @@ impl ErasureSet {
             };
             states.push(state);
         }
-        match t.verdict(self.index, &self.stats)? {
+        match self.decide(&t, deadline)? {
             Outcome::Met { .. } => Ok((winner.expect("met implies a winner"), states)),
             Outcome::Agreed(e) => Err(agreed(e)),
         }
@@ -1038,7 +1051,8 @@ impl ErasureSet {
             )
         });
         for (pos, s) in states.iter().enumerate() {
-            if *s != MetaState::Match {
+            // Unknown is "not heard from before quorum", not missing.
+            if *s == MetaState::Stale {
                 report.missing.push(pos);
             }
         }
@@ -1205,7 +1219,7 @@ impl ErasureSet {
                     t.missing(admits);
                 }
             }
-            return match t.verdict(self.index, &self.stats) {
+            return match self.decide(&t, deadline) {
                 Err(e) => Err(e.into()),
                 // One error agreed by `k` disks (e.g. the shard file is
                 // missing everywhere): the object is damaged beyond repair.
@@ -1255,7 +1269,7 @@ impl ErasureSet {
             }
         }
         let t = self.tally(QuorumOp::Delete, wq, &results);
-        match t.verdict(self.index, &self.stats)? {
+        match self.decide(&t, deadline)? {
             Outcome::Met { .. } => {}
             Outcome::Agreed(e) => return Err(agreed(e)),
         }
@@ -1312,7 +1326,7 @@ impl ErasureSet {
             }
         }
         let t = self.tally(QuorumOp::List, rq, &results);
-        match t.verdict(self.index, &self.stats)? {
+        match self.decide(&t, deadline)? {
             Outcome::Met { .. } => {}
             Outcome::Agreed(e) => return Err(agreed(e)),
         }
@@ -1384,7 +1398,7 @@ impl ErasureSet {
                     t.missing(self.admits(pos));
                 }
             }
-            if let Err(e) = t.verdict(self.index, &self.stats) {
+            if let Err(e) = self.decide(&t, deadline) {
                 return Err(e.into());
             }
         }
