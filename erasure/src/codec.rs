@@ -94,7 +94,7 @@ impl Encoder {
     /// compute the parity; returns every shard with its checksum in front
     /// (`HASH_LEN + shard_len` bytes each, data shards first).
     pub fn encode(&mut self, block: &[u8], shard_len: usize) -> Result<Vec<Vec<u8>>, ErasureError> {
-        assert!(shard_len % 2 == 0 && shard_len * self.data >= block.len());
+        assert!(shard_len.is_multiple_of(2) && shard_len * self.data >= block.len());
         let mut out: Vec<Vec<u8>> = Vec::with_capacity(self.data + self.parity);
         for i in 0..self.data {
             let mut s = vec![0u8; HASH_LEN + shard_len];

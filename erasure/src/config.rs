@@ -124,7 +124,7 @@ impl Topology {
         if self.set_size < 2 || self.set_size > 256 {
             return bad(format!("set_size {} must be in 2 ..= 256", self.set_size));
         }
-        if total % self.set_size != 0 {
+        if !total.is_multiple_of(self.set_size) {
             return bad(format!(
                 "{total} disks cannot be cut into sets of {}",
                 self.set_size

@@ -36,7 +36,9 @@ pub use error::ErasureError;
 pub use heal::{HealQueue, HealTask, Pushed};
 pub use meta::ObjectMeta;
 pub use offline::OfflineDisk;
-pub use quorum::{ErrorCount, Outcome, QuorumCounts, QuorumError, QuorumOp, SetStats, Tally};
+pub use quorum::{
+    proves_out, ErrorCount, Outcome, QuorumCounts, QuorumError, QuorumOp, SetStats, Tally,
+};
 pub use set::{
     DiskStatus, ErasureSet, GetReport, HealReport, ObjectInfo, PutReport, ScanReport, SetReport,
 };

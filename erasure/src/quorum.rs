@@ -185,6 +185,24 @@ impl SetStats {
     }
 }
 
+/// Whether an error shows by itself that the disk is out (its device is
+/// gone, its health or breaker took it out, its peer is unreachable), so
+/// that a health state that has not caught up yet does not make its
+/// absence look false. A deadline miss does not: a timeout counted as
+/// "offline" while health still admits the disk is exactly the shape of a
+/// false quorum loss (or of a deadline shorter than health's trip window).
+pub fn proves_out(e: &DiskError) -> bool {
+    matches!(
+        e,
+        DiskError::DeviceGone { .. }
+            | DiskError::Faulty { .. }
+            | DiskError::DiskNotFound { .. }
+            | DiskError::ShutDown
+            | DiskError::CircuitOpen { .. }
+            | DiskError::Unreachable { .. }
+    )
+}
+
 /// Tally of one quorum round: feed each disk's result with whether its
 /// health admitted callers at the time, then ask for the [`Tally::verdict`].
 #[derive(Debug)]
@@ -248,9 +266,11 @@ impl Tally {
         self.admitting += usize::from(admits);
     }
 
-    /// One disk's error, sorted into its family.
+    /// One disk's error, sorted into its family. A disk counts as
+    /// admitting (for false quorum loss) when its health admits callers and
+    /// its own answer does not prove it out (see [`proves_out`]).
     pub fn err(&mut self, e: DiskError, admits: bool) {
-        self.admitting += usize::from(admits);
+        self.admitting += usize::from(admits && !proves_out(&e));
         if e.is_unavailable() {
             bump(&mut self.unavailable, e);
         } else {
@@ -481,6 +501,26 @@ mod tests {
         assert!(matches!(t.verdict(3, &s), Err(QuorumError::Unavailable(_))));
         assert_eq!(s.false_quorum_loss(), 1);
         assert_eq!(s.quorum_unavailable(), 1);
+    }
+
+    #[test]
+    fn a_disk_proved_out_by_its_own_error_is_not_admitting() {
+        let s = SetStats::default();
+        let mut t = Tally::new(QuorumOp::WriteData, 5, 8);
+        for _ in 0..3 {
+            t.ok(true);
+        }
+        for _ in 0..5 {
+            t.err(
+                DiskError::DeviceGone {
+                    op: OpClass::CreateFile,
+                    errno: disk_io_api::Errno(107),
+                },
+                true,
+            );
+        }
+        assert!(matches!(t.verdict(0, &s), Err(QuorumError::Unavailable(_))));
+        assert_eq!(s.false_quorum_loss(), 0);
     }
 
     #[test]

@@ -672,7 +672,9 @@ impl ErasureSet {
                     let skip = !committed2[pos];
                     Box::pin(async move {
                         if skip {
-                            // Never reached: filtered below.
+                            // Dropped from the write: no metadata without
+                            // its shard. (Its data-phase error is what the
+                            // tally below counts for it.)
                             return Err(DiskError::FileNotFound);
                         }
                         disk.write_all(&b, &p, &bytes, d).await
@@ -685,9 +687,9 @@ impl ErasureSet {
         let mut t = Tally::new(QuorumOp::WriteMeta, wq, n);
         let mut written = Vec::new();
         let mut missed = Vec::new();
-        for pos in 0..n {
+        for (pos, result) in results.iter().enumerate() {
             let admits = self.admits(pos);
-            match (&w.dropped[pos], &results[pos]) {
+            match (&w.dropped[pos], result) {
                 (Some(e), _) => t.err(e.clone(), admits),
                 (None, Some(Ok(()))) => {
                     t.ok(admits);
@@ -707,7 +709,7 @@ impl ErasureSet {
             }
             Err(e) => {
                 self.rollback_meta(bucket, name, &written);
-                return Err(e.into());
+                return Err(e);
             }
         }
         if !missed.is_empty() {
@@ -860,7 +862,7 @@ impl ErasureSet {
             }
         }
         match self.decide(&t, deadline) {
-            Err(e) => Err(e.into()),
+            Err(e) => Err(e),
             Ok(Outcome::Agreed(e)) => Err(agreed(e)),
             Ok(Outcome::Met { .. }) => unreachable!("fewer live writers than quorum"),
         }
@@ -1220,7 +1222,7 @@ impl ErasureSet {
                 }
             }
             return match self.decide(&t, deadline) {
-                Err(e) => Err(e.into()),
+                Err(e) => Err(e),
                 // One error agreed by `k` disks (e.g. the shard file is
                 // missing everywhere): the object is damaged beyond repair.
                 Ok(Outcome::Agreed(e)) => Err(agreed(e)),
@@ -1283,6 +1285,28 @@ impl ErasureSet {
         Ok(())
     }
 
+    /// `list_dir` of `dir` on every disk, waiting for all (each under its
+    /// own deadline).
+    async fn list_everywhere(
+        &self,
+        bucket: &str,
+        dir: &str,
+        deadline: Deadline,
+    ) -> Vec<Slot<Vec<String>>> {
+        let (b, p) = (bucket.to_string(), dir.to_string());
+        self.gather(
+            deadline,
+            OpClass::ListDir,
+            move |_, disk, d| {
+                let (b, p) = (b.clone(), p.clone());
+                Box::pin(async move { disk.list_dir(&b, &p, d).await })
+            },
+            |_| false,
+            Duration::ZERO,
+        )
+        .await
+    }
+
     /// Entries directly under `dir` of a bucket (`""` for the top) that a
     /// read quorum of disks list: object and prefix names (without the
     /// trailing `/`), sorted. An entry on fewer disks is a write in
@@ -1296,19 +1320,7 @@ impl ErasureSet {
         if !dir.is_empty() {
             meta::check_name(dir)?;
         }
-        let (b, p) = (bucket.to_string(), dir.to_string());
-        let results = self
-            .gather(
-                deadline,
-                OpClass::ListDir,
-                move |_, disk, d| {
-                    let (b, p) = (b.clone(), p.clone());
-                    Box::pin(async move { disk.list_dir(&b, &p, d).await })
-                },
-                |_| false,
-                Duration::ZERO,
-            )
-            .await;
+        let results = self.list_everywhere(bucket, dir, deadline).await;
         let rq = self.read_quorum();
         let mut counts: std::collections::BTreeMap<String, usize> = Default::default();
         let mut results = results;
@@ -1398,9 +1410,7 @@ impl ErasureSet {
                     t.missing(self.admits(pos));
                 }
             }
-            if let Err(e) = self.decide(&t, deadline) {
-                return Err(e.into());
-            }
+            self.decide(&t, deadline)?;
         }
         self.rebuild(
             bucket,
@@ -1598,19 +1608,7 @@ impl ErasureSet {
                 report.truncated = true;
                 break;
             }
-            let (b, p) = (bucket.to_string(), dir.clone());
-            let results = self
-                .gather(
-                    deadline,
-                    OpClass::ListDir,
-                    move |_, disk, d| {
-                        let (b, p) = (b.clone(), p.clone());
-                        Box::pin(async move { disk.list_dir(&b, &p, d).await })
-                    },
-                    |_| false,
-                    Duration::ZERO,
-                )
-                .await;
+            let results = self.list_everywhere(bucket, &dir, deadline).await;
             let mut entries: std::collections::BTreeSet<String> = Default::default();
             for es in results.into_iter().flatten().flatten() {
                 entries.extend(es);
