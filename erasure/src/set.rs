@@ -772,6 +772,8 @@ impl ErasureSet {
         deadline: Deadline,
     ) -> Result<(), ErasureError> {
         let wq = self.write_quorum();
+        let n = self.n();
+        let mut delivered = vec![false; n];
         let mut accepted = 0usize;
         let mut pending = FuturesUnordered::new();
         let mut closed = Vec::new();
@@ -780,7 +782,10 @@ impl ErasureSet {
                 continue;
             };
             match tx.try_send(msg) {
-                Ok(()) => accepted += 1,
+                Ok(()) => {
+                    accepted += 1;
+                    delivered[pos] = true;
+                }
                 Err(mpsc::error::TrySendError::Full(msg)) => {
                     pending.push(async move { (pos, tx.send(msg).await.is_ok()) });
                 }
@@ -792,29 +797,24 @@ impl ErasureSet {
         } else {
             deadline
         };
-        let mut left: Vec<usize> = Vec::new();
-        loop {
-            match tokio::time::timeout_at(until.instant().into(), pending.next()).await {
-                Ok(Some((_, true))) => {
-                    accepted += 1;
-                    if accepted == wq {
-                        until = deadline.min(Deadline::after(self.cfg.straggler_wait));
-                    }
+        while let Ok(Some((pos, ok))) =
+            tokio::time::timeout_at(until.instant().into(), pending.next()).await
+        {
+            if ok {
+                delivered[pos] = true;
+                accepted += 1;
+                if accepted == wq {
+                    until = deadline.min(Deadline::after(self.cfg.straggler_wait));
                 }
-                Ok(Some((pos, false))) => closed.push(pos),
-                Ok(None) => break,
-                Err(_) => {
-                    // Still full: these disks are too slow for this write.
-                    left = (0..self.n())
-                        .filter(|&p| w.dropped[p].is_none() && !closed.contains(&p))
-                        .collect();
-                    break;
-                }
+            } else {
+                closed.push(pos);
             }
         }
+        // Sends still pending are cancelled here: their disks did not get
+        // this message and leave the write.
         drop(pending);
         // A closed queue means the writer task ended with an error: get it.
-        for pos in closed {
+        for &pos in &closed {
             let e = match w.handles[pos].take() {
                 Some(h) => match bounded(OpClass::Append, deadline, async {
                     h.await.map_err(|_| DiskError::ShutDown)
@@ -822,31 +822,27 @@ impl ErasureSet {
                 .await
                 {
                     Ok(TaskEnd::Failed(e)) => e,
-                    Ok(TaskEnd::Committed) => continue,
+                    Ok(TaskEnd::Committed) => DiskError::ShutDown,
                     Err(e) => e,
                 },
                 None => DiskError::ShutDown,
             };
             w.drop_disk(self.index, pos, e, "failed");
         }
-        if !left.is_empty() {
-            // `left` holds every live position when the wait timed out; the
-            // ones whose queue has room again took the message.
-            for pos in left {
-                let full = w.txs[pos].as_ref().is_some_and(|tx| tx.capacity() == 0);
-                if full {
-                    w.drop_disk(
-                        self.index,
-                        pos,
-                        DiskError::DeadlineExceeded {
-                            op: OpClass::Append,
-                            waited: self.cfg.straggler_wait,
-                        },
-                        "straggler",
-                    );
-                }
+        for (pos, &got) in delivered.iter().enumerate() {
+            if w.dropped[pos].is_none() && !got {
+                w.drop_disk(
+                    self.index,
+                    pos,
+                    DiskError::DeadlineExceeded {
+                        op: OpClass::Append,
+                        waited: self.cfg.straggler_wait,
+                    },
+                    "straggler",
+                );
             }
         }
+        debug_assert!((0..n).all(|p| w.dropped[p].is_some() || delivered[p]));
         self.check_live(w, deadline)
     }
 
