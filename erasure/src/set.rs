@@ -497,6 +497,7 @@ impl ErasureSet {
     /// existing one counts as created.
     pub async fn make_bucket(&self, bucket: &str, deadline: Deadline) -> Result<(), ErasureError> {
         let b = bucket.to_string();
+        let wq = self.write_quorum();
         let mut results = self
             .gather(
                 deadline,
@@ -505,8 +506,13 @@ impl ErasureSet {
                     let b = b.clone();
                     Box::pin(async move { disk.make_vol(&b, d).await })
                 },
-                |_| false,
-                Duration::ZERO,
+                |rs| {
+                    rs.iter()
+                        .filter(|r| matches!(r, Some(Ok(()) | Err(DiskError::VolumeExists))))
+                        .count()
+                        >= wq
+                },
+                self.cfg.straggler_wait,
             )
             .await;
         for r in results.iter_mut() {
@@ -1281,12 +1287,14 @@ impl ErasureSet {
         Ok(())
     }
 
-    /// `list_dir` of `dir` on every disk, waiting for all (each under its
-    /// own deadline).
+    /// `list_dir` of `dir` on every disk, each under its own deadline;
+    /// with `quorum`, stops `straggler_wait` after that many listings are
+    /// in, otherwise waits for every disk.
     async fn list_everywhere(
         &self,
         bucket: &str,
         dir: &str,
+        quorum: Option<usize>,
         deadline: Deadline,
     ) -> Vec<Slot<Vec<String>>> {
         let (b, p) = (bucket.to_string(), dir.to_string());
@@ -1297,8 +1305,10 @@ impl ErasureSet {
                 let (b, p) = (b.clone(), p.clone());
                 Box::pin(async move { disk.list_dir(&b, &p, d).await })
             },
-            |_| false,
-            Duration::ZERO,
+            |rs| {
+                quorum.is_some_and(|q| rs.iter().filter(|r| matches!(r, Some(Ok(_)))).count() >= q)
+            },
+            self.cfg.straggler_wait,
         )
         .await
     }
@@ -1316,7 +1326,9 @@ impl ErasureSet {
         if !dir.is_empty() {
             meta::check_name(dir)?;
         }
-        let results = self.list_everywhere(bucket, dir, deadline).await;
+        let results = self
+            .list_everywhere(bucket, dir, Some(self.read_quorum()), deadline)
+            .await;
         let rq = self.read_quorum();
         let mut counts: std::collections::BTreeMap<String, usize> = Default::default();
         let mut results = results;
@@ -1604,7 +1616,7 @@ impl ErasureSet {
                 report.truncated = true;
                 break;
             }
-            let results = self.list_everywhere(bucket, &dir, deadline).await;
+            let results = self.list_everywhere(bucket, &dir, None, deadline).await;
             let mut entries: std::collections::BTreeSet<String> = Default::default();
             for es in results.into_iter().flatten().flatten() {
                 entries.extend(es);

@@ -101,6 +101,26 @@ async fn two_disks_hung_mid_write_succeeds_by_its_deadline_reads_back_and_heals(
     );
     assert!(r.bitrot.is_empty(), "{r:?}");
 
+    // Stat and list answer without waiting on the hung disks.
+    let started = Instant::now();
+    let info = fx
+        .set
+        .stat_object(BUCKET, "big", Deadline::after(budget))
+        .await
+        .expect("stat with 2 hung");
+    assert_eq!(info.size, data.len() as u64);
+    let names = fx
+        .set
+        .list(BUCKET, "", Deadline::after(budget))
+        .await
+        .expect("list with 2 hung");
+    assert_eq!(names, vec!["big".to_string()]);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+
     // The disks come back: healing rebuilds both shards and verifies them.
     fx.ctl(2).release();
     fx.ctl(5).release();
@@ -169,7 +189,22 @@ async fn four_disks_hung_object_still_readable_fast() {
         .await
         .expect("stat with 4 hung");
     assert_eq!(info.size, data.len() as u64);
-    let _ = r;
+    assert!(r.bitrot.is_empty(), "{r:?}");
+    let dist = disk_io_erasure::meta::distribution("obj", 8);
+    if hung.iter().any(|&p| dist[p] < 4) {
+        assert!(r.hedges > 0, "a hung data disk was hedged around: {r:?}");
+    }
+    let names = fx
+        .set
+        .list(BUCKET, "", Deadline::after(budget))
+        .await
+        .expect("list with 4 hung");
+    assert_eq!(names, vec!["obj".to_string()]);
+    assert!(
+        started.elapsed() < Duration::from_secs(12),
+        "{:?}",
+        started.elapsed()
+    );
     // A write now cannot reach quorum (4 < 5): a typed error by its
     // deadline, not a hang.
     let deadline = Deadline::after(Duration::from_secs(3));
