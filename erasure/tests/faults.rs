@@ -190,10 +190,9 @@ async fn four_disks_hung_object_still_readable_fast() {
         .expect("stat with 4 hung");
     assert_eq!(info.size, data.len() as u64);
     assert!(r.bitrot.is_empty(), "{r:?}");
-    let dist = disk_io_erasure::meta::distribution("obj", 8);
-    if hung.iter().any(|&p| dist[p] < 4) {
-        assert!(r.hedges > 0, "a hung data disk was hedged around: {r:?}");
-    }
+    // (No hedge is needed here: the hung disks never answered the metadata
+    // read, so shards are asked of the four that did. tests/hedge.rs
+    // covers a disk that turns slow after its metadata answered.)
     let names = fx
         .set
         .list(BUCKET, "", Deadline::after(budget))
