@@ -33,6 +33,8 @@ pub struct ErasureConfig {
     pub max_meta_size: usize,
     /// Entries one scanner pass visits at most.
     pub scan_max_entries: usize,
+    /// Budget for healing one object popped from the heal queue.
+    pub heal_object_budget: Duration,
     /// Volume holding writes in progress on every disk.
     pub tmp_volume: String,
 }
@@ -48,6 +50,7 @@ impl Default for ErasureConfig {
             heal_queue_capacity: 10_000,
             max_meta_size: 1 << 20,
             scan_max_entries: 100_000,
+            heal_object_budget: Duration::from_secs(60),
             tmp_volume: "diskio-tmp".to_string(),
         }
     }
@@ -82,6 +85,9 @@ impl ErasureConfig {
         }
         if self.scan_max_entries == 0 {
             return bad("scan_max_entries", "must be > 0");
+        }
+        if self.heal_object_budget.is_zero() {
+            return bad("heal_object_budget", "must be > 0");
         }
         if self.tmp_volume.is_empty() || self.tmp_volume.contains('/') {
             return bad("tmp_volume", "must be a plain volume name");

@@ -7,8 +7,8 @@ use disk_io_api::{Deadline, Disk};
 
 use crate::config::{DiskSlot, ErasureConfig, Topology};
 use crate::error::ErasureError;
-use crate::heal::HealQueue;
-use crate::set::{ErasureSet, SetReport};
+use crate::heal::{HealQueue, HealTask};
+use crate::set::{ErasureSet, HealReport, SetReport};
 
 /// All sets of a cluster.
 #[derive(Debug)]
@@ -16,6 +16,7 @@ pub struct ErasureSets {
     topology: Topology,
     sets: Vec<Arc<ErasureSet>>,
     heal: Arc<HealQueue>,
+    cfg: Arc<ErasureConfig>,
 }
 
 impl ErasureSets {
@@ -57,6 +58,7 @@ impl ErasureSets {
                 topology,
                 sets,
                 heal,
+                cfg,
             },
             reports,
         ))
@@ -75,6 +77,25 @@ impl ErasureSets {
     /// The shared heal queue.
     pub fn heal_queue(&self) -> &Arc<HealQueue> {
         &self.heal
+    }
+
+    /// Pop one task from the heal queue (waiting at most until `wait`) and
+    /// heal it under `heal_object_budget`. `None` when nothing came.
+    pub async fn heal_next(
+        &self,
+        wait: Deadline,
+    ) -> Option<(HealTask, Result<HealReport, ErasureError>)> {
+        let task = self.heal.pop(wait).await?;
+        let Some(set) = self.sets.get(task.set) else {
+            debug_assert!(false, "heal task for a set that does not exist: {task:?}");
+            return None;
+        };
+        let d = Deadline::after(self.cfg.heal_object_budget);
+        let r = set.heal_object(&task.bucket, &task.object, d).await;
+        if let Err(e) = &r {
+            tracing::warn!(?task, error = %e, "heal failed");
+        }
+        Some((task, r))
     }
 
     /// The set an object lives on (a hash of its name).

@@ -136,6 +136,29 @@ async fn four_by_four_opens_two_sets_and_records_a_hung_disk_missing_by_the_dead
         assert_eq!(set.stats().false_quorum_loss(), 0);
     }
     fs.control().release();
+    // The write on the hung disk's set was queued; the healer rebuilds it
+    // once the disk answers again (it may take a probe to come back).
+    let (task, first) = sets
+        .heal_next(Deadline::after(Duration::from_secs(2)))
+        .await
+        .expect("a queued heal task");
+    let set = &sets.sets()[task.set];
+    let hung_pos = layout[task.set]
+        .iter()
+        .position(|&s| s == hung_slot)
+        .expect("the hung disk's set");
+    let mut healed = first.as_ref().is_ok_and(|h| h.healed.contains(&hung_pos));
+    for _ in 0..20 {
+        if healed {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let h = set
+            .heal_object(&task.bucket, &task.object, setup_deadline())
+            .await;
+        healed = h.is_ok_and(|h| h.healed.contains(&hung_pos) || h.good.contains(&hung_pos));
+    }
+    assert!(healed, "the disk that was hung got its shard back");
     let bad = Topology {
         set_size: 6,
         ..topo
