@@ -211,7 +211,7 @@ fn codec_figures() {
         .collect();
     let t = Instant::now();
     for _ in 0..rounds {
-        codec::reconstruct(4, 4, len, &given, false).unwrap();
+        codec::reconstruct(4, 4, len, given.clone(), false).unwrap();
     }
     let dec_rate = rounds as f64 / t.elapsed().as_secs_f64();
     let t = Instant::now();

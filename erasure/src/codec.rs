@@ -144,7 +144,7 @@ pub fn reconstruct(
     data: usize,
     parity: usize,
     shard_len: usize,
-    shards: &[Option<Vec<u8>>],
+    mut shards: Vec<Option<Vec<u8>>>,
     with_parity: bool,
 ) -> Result<Vec<Vec<u8>>, ErasureError> {
     assert_eq!(shards.len(), data + parity);
@@ -154,16 +154,18 @@ pub fn reconstruct(
             reason: format!("{present} shards present, {data} needed"),
         });
     }
-    let mut originals: Vec<Option<Vec<u8>>> = shards[..data].to_vec();
+    let given_parity = shards.split_off(data);
+    let mut originals = shards;
     if originals.iter().any(Option::is_none) {
         let mut dec = ReedSolomonDecoder::new(data, parity, shard_len).map_err(codec)?;
-        for (i, s) in shards.iter().enumerate() {
+        for (i, s) in originals.iter().enumerate() {
             if let Some(s) = s {
-                if i < data {
-                    dec.add_original_shard(i, s).map_err(codec)?;
-                } else {
-                    dec.add_recovery_shard(i - data, s).map_err(codec)?;
-                }
+                dec.add_original_shard(i, s).map_err(codec)?;
+            }
+        }
+        for (i, s) in given_parity.iter().enumerate() {
+            if let Some(s) = s {
+                dec.add_recovery_shard(i, s).map_err(codec)?;
             }
         }
         let res = dec.decode().map_err(codec)?;
@@ -179,7 +181,7 @@ pub fn reconstruct(
     if !with_parity {
         return Ok(all);
     }
-    if shards[data..].iter().any(Option::is_none) {
+    if given_parity.iter().any(Option::is_none) {
         let mut enc = ReedSolomonEncoder::new(data, parity, shard_len).map_err(codec)?;
         for s in &all {
             enc.add_original_shard(s).map_err(codec)?;
@@ -189,7 +191,7 @@ pub fn reconstruct(
         drop(res);
         all.extend(rec);
     } else {
-        all.extend(shards[data..].iter().map(|s| s.clone().expect("present")));
+        all.extend(given_parity.into_iter().map(|s| s.expect("present")));
     }
     Ok(all)
 }
@@ -235,7 +237,7 @@ mod tests {
             let given: Vec<Option<Vec<u8>>> = (0..8)
                 .map(|i| (!missing.contains(&i)).then(|| shards[i][HASH_LEN..].to_vec()))
                 .collect();
-            let all = reconstruct(4, 4, len, &given, true).unwrap();
+            let all = reconstruct(4, 4, len, given, true).unwrap();
             for i in 0..8 {
                 assert_eq!(all[i], shards[i][HASH_LEN..], "shard {i}");
             }

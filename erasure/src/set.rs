@@ -1065,25 +1065,48 @@ impl ErasureSet {
         if len > 0 {
             let first = offset / geo.block_size;
             let last = (offset + len - 1) / geo.block_size;
+            // One block read ahead: block b+1's shard reads (and decode)
+            // run while block b goes to the sink.
+            let mut next = Some(
+                self.read_block(
+                    bucket,
+                    &shard_file,
+                    &m,
+                    first,
+                    &mut order,
+                    &mut bad,
+                    &mut report,
+                    deadline,
+                )
+                .await?,
+            );
             for b in first..=last {
-                let shards = self
-                    .read_block(
-                        bucket,
-                        &shard_file,
-                        &m,
-                        b,
-                        &mut order,
-                        &mut bad,
-                        &mut report,
-                        deadline,
-                    )
-                    .await?;
+                let shards = next.take().expect("read ahead");
                 let block_start = b * geo.block_size;
                 let block_len = geo.block_len(b) as usize;
                 let from = offset.saturating_sub(block_start) as usize;
                 let to = ((offset + len - block_start) as usize).min(block_len);
                 let shard_len = geo.shard_len(block_len as u64);
-                write_range(&shards[..m.data], shard_len, from, to, out, deadline).await?;
+                let write = write_range(&shards[..m.data], shard_len, from, to, out, deadline);
+                if b < last {
+                    let (ahead, written) = tokio::join!(
+                        self.read_block(
+                            bucket,
+                            &shard_file,
+                            &m,
+                            b + 1,
+                            &mut order,
+                            &mut bad,
+                            &mut report,
+                            deadline,
+                        ),
+                        write
+                    );
+                    written?;
+                    next = Some(ahead?);
+                } else {
+                    write.await?;
+                }
                 report.bytes += (to - from) as u64;
             }
         }
@@ -1156,8 +1179,9 @@ impl ErasureSet {
                 Some((pos, r)) = futs.next() => {
                     outstanding.retain(|&p| p != pos);
                     match r {
-                        Ok(buf) if buf.len() == blen && codec::verify(&buf) => {
-                            shards[m.distribution[pos]] = Some(buf[HASH_LEN..].to_vec());
+                        Ok(mut buf) if buf.len() == blen && codec::verify(&buf) => {
+                            buf.drain(..HASH_LEN);
+                            shards[m.distribution[pos]] = Some(buf);
                             got += 1;
                         }
                         Ok(_) => {
@@ -1238,7 +1262,7 @@ impl ErasureSet {
                 .map(|s| s.expect("checked"))
                 .collect());
         }
-        let mut all = codec::reconstruct(k, m.parity, shard_len, &shards, false)?;
+        let mut all = codec::reconstruct(k, m.parity, shard_len, shards, false)?;
         all.truncate(k);
         Ok(all)
     }
@@ -1523,7 +1547,7 @@ impl ErasureSet {
             let given: Vec<Option<Vec<u8>>> = (0..self.n())
                 .map(|i| (i < m.data).then(|| data[i].clone()))
                 .collect();
-            let all = match codec::reconstruct(m.data, m.parity, shard_len, &given, true) {
+            let all = match codec::reconstruct(m.data, m.parity, shard_len, given, true) {
                 Ok(a) => a,
                 Err(_) => break,
             };
