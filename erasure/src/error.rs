@@ -30,6 +30,15 @@ pub enum ErasureError {
         /// Which rule it breaks.
         reason: &'static str,
     },
+    /// The bucket name cannot be used (empty, a `/`, a leading `.`, or the
+    /// name of the temporary volume).
+    #[error("invalid bucket name {name:?}: {reason}")]
+    InvalidBucketName {
+        /// The name as given.
+        name: String,
+        /// Which rule it breaks.
+        reason: &'static str,
+    },
     /// A requested range lies outside the object.
     #[error("range {offset}+{len} outside object of {size} bytes")]
     InvalidRange {

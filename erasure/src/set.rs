@@ -472,11 +472,46 @@ impl ErasureSet {
         t
     }
 
+    fn check_bucket(&self, bucket: &str) -> Result<(), ErasureError> {
+        let bad = |reason| {
+            Err(ErasureError::InvalidBucketName {
+                name: bucket.to_string(),
+                reason,
+            })
+        };
+        if bucket.is_empty() || bucket.len() > 255 {
+            return bad("empty or longer than 255 bytes");
+        }
+        if bucket.contains('/') || bucket.contains('\0') {
+            return bad("contains '/' or NUL");
+        }
+        if bucket.starts_with('.') {
+            return bad("starts with '.'");
+        }
+        if bucket == self.cfg.tmp_volume {
+            return bad("is the temporary volume");
+        }
+        Ok(())
+    }
+
+    /// Publish the set's gauges: disks whose health admits callers now,
+    /// and the quorums.
+    fn refresh_gauges(&self) {
+        let available = (0..self.n()).filter(|&p| self.admits(p)).count();
+        metrics::set_gauges(
+            self.index,
+            available,
+            self.read_quorum(),
+            self.write_quorum(),
+        );
+    }
+
     /// The verdict of a tally, except that a shortfall of answers after the
     /// caller's own deadline has passed is [`ErasureError::DeadlineExceeded`]:
     /// the caller ran out of time, which says nothing about the disks (and
     /// is never reported as disks missing).
     fn decide(&self, t: &Tally, deadline: Deadline) -> Result<Outcome, ErasureError> {
+        self.refresh_gauges();
         if t.short_of_answers() && deadline.is_expired() {
             return Err(ErasureError::DeadlineExceeded {
                 op: t.op().as_str(),
@@ -496,6 +531,7 @@ impl ErasureSet {
     /// Create a bucket (a volume on every disk) with write quorum; an
     /// existing one counts as created.
     pub async fn make_bucket(&self, bucket: &str, deadline: Deadline) -> Result<(), ErasureError> {
+        self.check_bucket(bucket)?;
         let b = bucket.to_string();
         let wq = self.write_quorum();
         let mut results = self
@@ -544,6 +580,7 @@ impl ErasureSet {
         src: &mut (dyn AsyncRead + Unpin + Send),
         deadline: Deadline,
     ) -> Result<PutReport, ErasureError> {
+        self.check_bucket(bucket)?;
         meta::check_name(name)?;
         let n = self.n();
         let version = Uuid::new_v4();
@@ -930,6 +967,7 @@ impl ErasureSet {
         deadline: Deadline,
         wait_all: bool,
     ) -> Result<(ObjectMeta, Vec<MetaState>), ErasureError> {
+        self.check_bucket(bucket)?;
         meta::check_name(name)?;
         let n = self.n();
         let rq = self.read_quorum();
@@ -1262,7 +1300,16 @@ impl ErasureSet {
                 .map(|s| s.expect("checked"))
                 .collect());
         }
-        let mut all = codec::reconstruct(k, m.parity, shard_len, shards, false)?;
+        // Decoding is CPU work: off the runtime thread, so the previous
+        // block's bytes go to the sink meanwhile (see get_object).
+        let parity = m.parity;
+        let mut all = tokio::task::spawn_blocking(move || {
+            codec::reconstruct(k, parity, shard_len, shards, false)
+        })
+        .await
+        .map_err(|e| ErasureError::Codec {
+            reason: format!("decode task: {e}"),
+        })??;
         all.truncate(k);
         Ok(all)
     }
@@ -1347,6 +1394,7 @@ impl ErasureSet {
         dir: &str,
         deadline: Deadline,
     ) -> Result<Vec<String>, ErasureError> {
+        self.check_bucket(bucket)?;
         if !dir.is_empty() {
             meta::check_name(dir)?;
         }

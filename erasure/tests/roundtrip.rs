@@ -141,6 +141,16 @@ async fn bad_input_gets_typed_errors() {
             "{name:?}"
         );
     }
+    for bucket in ["", "a/b", ".hidden", "diskio-tmp"] {
+        let mut src: &[u8] = b"data";
+        assert!(
+            matches!(
+                fx.set.put_object(bucket, "x", &mut src, long()).await,
+                Err(ErasureError::InvalidBucketName { .. })
+            ),
+            "{bucket:?}"
+        );
+    }
     put(&fx.set, "small", b"12345", long()).await;
     let mut sink = Vec::new();
     for (off, len) in [(0u64, 6u64), (5, 1), (u64::MAX, 2)] {
