@@ -35,6 +35,12 @@ pub struct ErasureConfig {
     pub scan_max_entries: usize,
     /// Budget for healing one object popped from the heal queue.
     pub heal_object_budget: Duration,
+    /// How long the healer waits on an empty queue before looking again
+    /// (and checking for shutdown).
+    pub healer_poll: Duration,
+    /// Staging files in the temporary volume older than this are left over
+    /// from aborted writes or heals, and `purge_tmp` removes them.
+    pub tmp_max_age: Duration,
     /// Volume holding writes in progress on every disk.
     pub tmp_volume: String,
 }
@@ -51,6 +57,8 @@ impl Default for ErasureConfig {
             max_meta_size: 1 << 20,
             scan_max_entries: 100_000,
             heal_object_budget: Duration::from_secs(60),
+            healer_poll: Duration::from_secs(1),
+            tmp_max_age: Duration::from_secs(3600),
             tmp_volume: "diskio-tmp".to_string(),
         }
     }
@@ -88,6 +96,12 @@ impl ErasureConfig {
         }
         if self.heal_object_budget.is_zero() {
             return bad("heal_object_budget", "must be > 0");
+        }
+        if self.healer_poll.is_zero() {
+            return bad("healer_poll", "must be > 0");
+        }
+        if self.tmp_max_age.is_zero() {
+            return bad("tmp_max_age", "must be > 0");
         }
         if self.tmp_volume.is_empty() || self.tmp_volume.contains('/') {
             return bad("tmp_volume", "must be a plain volume name");

@@ -1677,6 +1677,49 @@ impl ErasureSet {
         }
     }
 
+    /// Remove staging files older than `tmp_max_age` from every disk's
+    /// temporary volume (left by writes and heals that were aborted).
+    /// Returns how many were removed. At most `scan_max_entries` per disk.
+    pub async fn purge_tmp(&self, deadline: Deadline) -> usize {
+        let vol = self.cfg.tmp_volume.clone();
+        let max_age = self.cfg.tmp_max_age;
+        let max_entries = self.cfg.scan_max_entries;
+        let results = self
+            .gather(
+                deadline,
+                OpClass::ListDir,
+                move |_, disk, d| {
+                    let vol = vol.clone();
+                    Box::pin(async move {
+                        let entries = match disk.list_dir(&vol, "", d).await {
+                            Ok(e) => e,
+                            Err(DiskError::VolumeNotFound) => return Ok(0),
+                            Err(e) => return Err(e),
+                        };
+                        let mut removed = 0usize;
+                        for e in entries.into_iter().take(max_entries) {
+                            let (name, recursive) = match e.strip_suffix('/') {
+                                Some(dir) => (dir.to_string(), true),
+                                None => (e, false),
+                            };
+                            let info = disk.stat_file(&vol, &name, d).await?;
+                            let old = info.modified.elapsed().is_ok_and(|age| age > max_age);
+                            if old {
+                                disk.delete(&vol, &name, DeleteOptions { recursive }, d)
+                                    .await?;
+                                removed += 1;
+                            }
+                        }
+                        Ok(removed)
+                    })
+                },
+                |_| false,
+                Duration::ZERO,
+            )
+            .await;
+        results.into_iter().flatten().flatten().sum()
+    }
+
     /// Walk a bucket and heal every object found on any disk (what the heal
     /// queue missed). Bounded by `scan_max_entries` and `deadline`.
     pub async fn scan(&self, bucket: &str, deadline: Deadline) -> ScanReport {

@@ -98,6 +98,31 @@ impl ErasureSets {
         Some((task, r))
     }
 
+    /// Run the healer until `shutdown` turns true (or its sender is
+    /// dropped): pop, heal, repeat. Returns the task's handle.
+    pub fn spawn_healer(
+        self: &Arc<Self>,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> tokio::task::JoinHandle<()> {
+        let sets = self.clone();
+        tokio::spawn(async move {
+            loop {
+                if *shutdown.borrow() {
+                    return;
+                }
+                let wait = Deadline::after(sets.cfg.healer_poll);
+                tokio::select! {
+                    changed = shutdown.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                    }
+                    _ = sets.heal_next(wait) => {}
+                }
+            }
+        })
+    }
+
     /// The set an object lives on (a hash of its name).
     pub fn set_for(&self, bucket: &str, object: &str) -> &Arc<ErasureSet> {
         &self.sets[placement(bucket, object, self.sets.len())]

@@ -170,3 +170,92 @@ async fn bad_input_gets_typed_errors() {
     assert!(r.is_err(), "{r:?}");
     assert_eq!(fx.set.stats().false_quorum_loss(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_healer_rebuilds_what_a_read_found_missing_and_stale_staging_files_are_purged() {
+    use disk_io::Disk;
+    use disk_io_erasure::{ErasureSets, Topology};
+    use std::sync::Arc;
+
+    let fx = fixture(&[], test_config()).await;
+    // The same disks as a 1 node × 8 topology, with a short staging age.
+    let disks: Vec<Arc<dyn Disk>> = fx
+        .disks
+        .iter()
+        .map(|d| d.clone() as Arc<dyn Disk>)
+        .collect();
+    let topo = Topology {
+        nodes: 1,
+        disks_per_node: 8,
+        set_size: 8,
+        parity: 4,
+    };
+    let cfg = ErasureConfig {
+        tmp_max_age: Duration::from_millis(500),
+        healer_poll: Duration::from_millis(50),
+        ..test_config()
+    };
+    let (sets, reports) = ErasureSets::open(topo, |s| disks[s.disk].clone(), cfg, long())
+        .await
+        .expect("open");
+    assert_eq!(reports[0].available(), 8);
+    let sets = Arc::new(sets);
+    let set = sets.set_for(BUCKET, "o").clone();
+    let data = bytes(700_000, 21);
+    let mut src: &[u8] = &data;
+    set.put_object(BUCKET, "o", &mut src, long()).await.unwrap();
+    std::fs::remove_dir_all(fx.backing[6].join(BUCKET).join("o")).unwrap();
+    let mut out = Vec::new();
+    let r = set
+        .get_object(BUCKET, "o", None, &mut out, long())
+        .await
+        .unwrap();
+    assert!(out == data);
+    assert!(
+        r.missing.contains(&6) || sets.heal_queue().is_empty(),
+        "disk 6 is reported missing when its metadata answered: {r:?}"
+    );
+    // Whether or not this read heard from disk 6, the scanner's way in is
+    // the queue too: push it, and let the healer run.
+    sets.heal_queue().push(disk_io_erasure::HealTask {
+        set: set.index(),
+        bucket: BUCKET.into(),
+        object: "o".into(),
+    });
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let healer = sets.spawn_healer(rx);
+    let started = std::time::Instant::now();
+    let meta6 = fx.backing[6].join(BUCKET).join("o").join("object.meta");
+    while !(meta6.exists() && sets.heal_queue().is_empty()) {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the healer did not run"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), healer)
+        .await
+        .expect("the healer stops on shutdown")
+        .unwrap();
+    // The healer rebuilt it: a check now finds every copy good.
+    let h = set.heal_object(BUCKET, "o", long()).await.unwrap();
+    assert_eq!(h.good.len(), 8, "{h:?}");
+    assert!(h.healed.is_empty(), "{h:?}");
+    // Staging files: an old one goes, a fresh one stays.
+    fx.disks[1]
+        .write_all("diskio-tmp", "stale", b"x", long())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    fx.disks[1]
+        .write_all("diskio-tmp", "fresh", b"x", long())
+        .await
+        .unwrap();
+    assert_eq!(set.purge_tmp(long()).await, 1);
+    let left = fx.disks[1]
+        .list_dir("diskio-tmp", "", long())
+        .await
+        .unwrap();
+    assert_eq!(left, vec!["fresh".to_string()]);
+}
