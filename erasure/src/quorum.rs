@@ -102,7 +102,9 @@ pub struct QuorumCounts {
     pub total: usize,
     /// Disks that answered (successes and answered errors).
     pub answered: usize,
-    /// Disks that succeeded (or agreed with the largest group).
+    /// Disks that succeeded (or agreed with the largest group). For a
+    /// shard write that stops as soon as quorum is impossible, the disks
+    /// still in the write at that moment.
     pub succeeded: usize,
     /// Disks that were unavailable (missing, not votes).
     pub unavailable: usize,

@@ -241,10 +241,20 @@ async fn five_of_eight_failing_is_a_clean_quorum_error_and_nothing_is_visible() 
     };
     assert_eq!(c.needed, 5);
     assert_eq!(c.total, 8);
-    assert_eq!(c.succeeded, 3);
     assert_eq!(c.answered, 8, "EIO is an answer: {c:?}");
     assert_eq!(c.unavailable, 0);
-    assert_eq!(c.errors.iter().map(|g| g.count).sum::<usize>(), 5, "{c:?}");
+    // The write stops as soon as quorum is impossible: the fifth failing
+    // disk may not have failed yet, and is then among those still in the
+    // write (`succeeded`).
+    let errors: usize = c.errors.iter().map(|g| g.count).sum();
+    assert!(errors >= 4 && errors + c.succeeded == 8, "{c:?}");
+    assert!(c.succeeded < 5, "{c:?}");
+    assert!(
+        c.errors
+            .iter()
+            .all(|g| matches!(g.error, disk_io::DiskError::MediaError { .. })),
+        "{c:?}"
+    );
     assert!(took < Duration::from_secs(10), "{took:?}");
     // Nothing visible: not through the API, and no metadata on any disk.
     for &p in &failing {
@@ -286,11 +296,14 @@ async fn five_of_eight_gone_is_quorum_unavailable_not_lost() {
     let Err(ErasureError::Quorum(QuorumError::Unavailable(c))) = &r else {
         panic!("expected QuorumError::Unavailable, got {r:?}")
     };
-    assert_eq!(
-        (c.needed, c.succeeded, c.answered, c.unavailable),
-        (5, 3, 3, 5),
+    // As above, the fifth gone disk may still be counted in the write.
+    assert_eq!(c.needed, 5);
+    assert_eq!(c.answered, c.succeeded, "{c:?}");
+    assert!(
+        c.unavailable >= 4 && c.unavailable + c.succeeded == 8,
         "{c:?}"
     );
+    assert!(c.succeeded < 5, "{c:?}");
     assert!(c.errors.is_empty(), "an unavailable disk is no vote: {c:?}");
     assert!(deadline.overshoot(Instant::now()) <= SLACK);
     assert_eq!(
