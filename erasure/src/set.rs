@@ -617,19 +617,16 @@ impl ErasureSet {
                 w.abort_all();
                 // Nothing is visible (no metadata names this version); take
                 // the staged and renamed shard files away in the background.
-                for disk in &self.disks {
+                for (pos, disk) in self.disks.iter().enumerate() {
                     spawn_cleanup(
                         disk.clone(),
                         &self.cfg,
                         self.cfg.tmp_volume.clone(),
                         version.to_string(),
                     );
-                    spawn_cleanup(
-                        disk.clone(),
-                        &self.cfg,
-                        bucket.to_string(),
-                        shard_file.clone(),
-                    );
+                    // This version's shard file, then the directories its
+                    // rename created if nothing else is in them.
+                    self.spawn_object_cleanup(pos, bucket, name, Shards::Only(version), true);
                 }
                 Err(e)
             }
@@ -760,7 +757,7 @@ impl ErasureSet {
         }
         // Older versions' shard files on the disks that took this one.
         for &pos in &written {
-            self.spawn_old_version_cleanup(pos, bucket, name, version);
+            self.spawn_object_cleanup(pos, bucket, name, Shards::AllBut(version), false);
         }
         Ok(PutReport {
             version,
@@ -787,20 +784,45 @@ impl ErasureSet {
         }
     }
 
-    fn spawn_old_version_cleanup(&self, pos: usize, bucket: &str, name: &str, keep: Uuid) {
+    /// In the background, on disk `pos`: delete the object's shard files
+    /// that `which` names, then, when `prune`, the object's directory and
+    /// its parents as long as they are empty (a non-recursive delete
+    /// refuses a directory with anything in it, so a live object or a
+    /// neighbour is never touched).
+    fn spawn_object_cleanup(
+        &self,
+        pos: usize,
+        bucket: &str,
+        name: &str,
+        which: Shards,
+        prune: bool,
+    ) {
         let disk = self.disks[pos].clone();
         let (b, dir) = (bucket.to_string(), name.to_string());
-        let keep = format!("{keep}{}", meta::SHARD_SUFFIX);
-        let d = self.cfg.timeouts.deadline(OpClass::ListDir);
-        let cfg = self.cfg.clone();
+        let d = self.cfg.timeouts.deadline(OpClass::Delete);
         tokio::spawn(async move {
-            let Ok(entries) = bounded(OpClass::ListDir, d, disk.list_dir(&b, &dir, d)).await else {
-                return;
-            };
-            for e in entries {
-                if e.ends_with(meta::SHARD_SUFFIX) && e != keep {
-                    spawn_cleanup(disk.clone(), &cfg, b.clone(), format!("{dir}/{e}"));
+            if let Ok(entries) = bounded(OpClass::ListDir, d, disk.list_dir(&b, &dir, d)).await {
+                for e in entries {
+                    if which.selects(&e) {
+                        let path = format!("{dir}/{e}");
+                        let opts = DeleteOptions::default();
+                        let _ = bounded(OpClass::Delete, d, disk.delete(&b, &path, opts, d)).await;
+                    }
                 }
+            }
+            if !prune {
+                return;
+            }
+            let mut at = Some(dir.as_str());
+            while let Some(p) = at {
+                let opts = DeleteOptions::default();
+                if bounded(OpClass::Delete, d, disk.delete(&b, p, opts, d))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                at = p.rsplit_once('/').map(|(parent, _)| parent);
             }
         });
     }
@@ -1350,7 +1372,7 @@ impl ErasureSet {
         }
         for (pos, r) in results.iter().enumerate() {
             if matches!(r, Some(Ok(()))) {
-                self.spawn_old_version_cleanup(pos, bucket, name, Uuid::nil());
+                self.spawn_object_cleanup(pos, bucket, name, Shards::All, true);
             } else {
                 self.push_heal(bucket, name);
             }
@@ -1662,7 +1684,7 @@ impl ErasureSet {
                         "shard healed and verified"
                     );
                     report.healed.push(pos);
-                    self.spawn_old_version_cleanup(pos, bucket, name, m.version);
+                    self.spawn_object_cleanup(pos, bucket, name, Shards::AllBut(m.version), false);
                 }
                 Err(e) => {
                     spawn_cleanup(
@@ -1761,6 +1783,33 @@ impl ErasureSet {
             }
         }
         report
+    }
+}
+
+/// Which shard files of an object a cleanup deletes.
+#[derive(Clone, Copy, Debug)]
+enum Shards {
+    /// Every version's.
+    All,
+    /// Every version's but this one's.
+    AllBut(Uuid),
+    /// This version's only.
+    Only(Uuid),
+}
+
+impl Shards {
+    fn selects(self, entry: &str) -> bool {
+        let Some(v) = entry
+            .strip_suffix(meta::SHARD_SUFFIX)
+            .and_then(|v| Uuid::parse_str(v).ok())
+        else {
+            return false;
+        };
+        match self {
+            Shards::All => true,
+            Shards::AllBut(keep) => v != keep,
+            Shards::Only(it) => v == it,
+        }
     }
 }
 

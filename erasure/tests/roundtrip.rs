@@ -95,18 +95,33 @@ async fn stat_list_delete_and_overwrite_follow_quorum() {
     let v2 = put(&fx.set, "a/one", b"second version", long()).await;
     let (back, _) = get(&fx.set, "a/one", None, long()).await.unwrap();
     assert_eq!(back, b"second version");
-    tokio::time::sleep(Duration::from_millis(300)).await;
     for root in &fx.backing {
-        let shards: Vec<String> = files_under(&root.join(BUCKET).join("a/one"))
-            .into_iter()
-            .filter(|f| f.ends_with(".shards"))
-            .collect();
-        assert_eq!(shards, vec![format!("{}.shards", v2.version)], "{root:?}");
+        let dir = root.join(BUCKET).join("a/one");
+        let only_new = vec![format!("{}.shards", v2.version)];
+        let shards = || -> Vec<String> {
+            files_under(&dir)
+                .into_iter()
+                .filter(|f| f.ends_with(".shards"))
+                .collect()
+        };
+        eventually("the old version's shard files go", || shards() == only_new).await;
     }
     fx.set
         .delete_object(BUCKET, "a/one", long())
         .await
         .expect("delete");
+    for root in &fx.backing {
+        let dir = root.join(BUCKET).join("a/one");
+        eventually("the emptied directory is pruned", || !dir.exists()).await;
+        assert!(
+            root.join(BUCKET).join("a/two").exists(),
+            "{root:?}: the neighbour stays"
+        );
+    }
+    assert_eq!(
+        fx.set.list(BUCKET, "a", long()).await.unwrap(),
+        vec!["two".to_string()]
+    );
     assert_eq!(
         fx.set.stat_object(BUCKET, "a/one", long()).await,
         Err(ErasureError::ObjectNotFound)
