@@ -20,9 +20,17 @@ pub struct ErasureConfig {
     /// shard (parity) is asked for, and the late disk is put last for the
     /// rest of the object.
     pub hedge_delay: Duration,
-    /// Once write quorum has taken a block (or finished), how long the
-    /// other disks get before they are dropped from the write.
+    /// Once a quorum has answered (taken a block, finished a shard, written
+    /// metadata), the other disks get `straggler_factor` × the time the
+    /// quorum took, at least `straggler_floor` and at most
+    /// `straggler_wait`, before they are dropped (and healed later). So a
+    /// hung disk costs a small PUT about its own latency again, not a
+    /// fixed quarter second, and a large PUT at most `straggler_wait` once.
     pub straggler_wait: Duration,
+    /// Least straggler grace.
+    pub straggler_floor: Duration,
+    /// Straggler grace as a multiple of the time the quorum took.
+    pub straggler_factor: f64,
     /// Blocks queued per disk writer (memory bound of a write:
     /// `write_queue_blocks × set size × shard block`).
     pub write_queue_blocks: usize,
@@ -52,6 +60,8 @@ impl Default for ErasureConfig {
             timeouts: OpTimeouts::default(),
             hedge_delay: Duration::from_millis(50),
             straggler_wait: Duration::from_millis(250),
+            straggler_floor: Duration::from_millis(100),
+            straggler_factor: 2.0,
             write_queue_blocks: 4,
             heal_queue_capacity: 10_000,
             max_meta_size: 1 << 20,
@@ -65,6 +75,14 @@ impl Default for ErasureConfig {
 }
 
 impl ErasureConfig {
+    /// How long the disks outside a quorum still get, once the quorum
+    /// answered after `quorum_took`.
+    pub fn straggler_grace(&self, quorum_took: Duration) -> Duration {
+        quorum_took
+            .mul_f64(self.straggler_factor)
+            .clamp(self.straggler_floor, self.straggler_wait)
+    }
+
     /// Why this config cannot work, naming the field.
     pub fn validate(&self) -> Result<(), ErasureError> {
         let bad = |field: &'static str, reason: &str| {
@@ -81,6 +99,12 @@ impl ErasureConfig {
         }
         if self.hedge_delay.is_zero() {
             return bad("hedge_delay", "must be > 0");
+        }
+        if self.straggler_floor > self.straggler_wait {
+            return bad("straggler_floor", "must be <= straggler_wait");
+        }
+        if !(self.straggler_factor.is_finite() && self.straggler_factor >= 0.0) {
+            return bad("straggler_factor", "must be a finite number >= 0");
         }
         if self.write_queue_blocks == 0 || self.write_queue_blocks > 1024 {
             return bad("write_queue_blocks", "must be in 1 ..= 1024");
@@ -261,6 +285,28 @@ mod tests {
             ));
         }
         assert_eq!(write_quorum(6, 2), 6);
+    }
+
+    #[test]
+    fn straggler_grace_is_proportional_and_bounded() {
+        let c = ErasureConfig::default();
+        assert_eq!(c.straggler_grace(Duration::ZERO), c.straggler_floor);
+        assert_eq!(
+            c.straggler_grace(Duration::from_millis(80)),
+            Duration::from_millis(160)
+        );
+        assert_eq!(c.straggler_grace(Duration::from_secs(5)), c.straggler_wait);
+        let bad = ErasureConfig {
+            straggler_floor: Duration::from_secs(1),
+            ..ErasureConfig::default()
+        };
+        assert!(matches!(
+            bad.validate(),
+            Err(ErasureError::InvalidConfig {
+                field: "straggler_floor",
+                ..
+            })
+        ));
     }
 
     #[test]

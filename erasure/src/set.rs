@@ -347,7 +347,7 @@ impl ErasureSet {
                 OpClass::DiskId,
                 |_, disk, d| Box::pin(async move { disk.disk_id(d).await }),
                 |_| false,
-                Duration::ZERO,
+                false,
             )
             .await;
         let mut statuses = Vec::with_capacity(n);
@@ -425,16 +425,19 @@ impl ErasureSet {
     }
 
     /// Run `f` on every disk at once, each under `min(deadline, its class
-    /// budget)`. Returns when all answered, or `grace` after `stop` first
-    /// holds, or at `deadline`; disks not heard from by then are `None`.
+    /// budget)`. Returns when all answered, or at `deadline`, or — once
+    /// `stop` holds — right away (`stragglers` false) or after the
+    /// straggler grace (`ErasureConfig::straggler_grace` of the time it
+    /// took to get there); disks not heard from by then are `None`.
     async fn gather<T: Send + 'static>(
         &self,
         deadline: Deadline,
         class: OpClass,
         f: impl Fn(usize, Arc<dyn Disk>, Deadline) -> BoxFuture<'static, Result<T, DiskError>>,
         stop: impl Fn(&[Slot<T>]) -> bool,
-        grace: Duration,
+        stragglers: bool,
     ) -> Vec<Slot<T>> {
+        let started = Instant::now();
         let mut results: Vec<Slot<T>> = (0..self.n()).map(|_| None).collect();
         let mut futs: FuturesUnordered<_> = self
             .disks
@@ -454,6 +457,11 @@ impl ErasureSet {
             results[pos] = Some(r);
             if !stopped && stop(&results) {
                 stopped = true;
+                let grace = if stragglers {
+                    self.cfg.straggler_grace(started.elapsed())
+                } else {
+                    Duration::ZERO
+                };
                 until = deadline.min(Deadline::after(grace));
             }
         }
@@ -548,7 +556,7 @@ impl ErasureSet {
                         .count()
                         >= wq
                 },
-                self.cfg.straggler_wait,
+                true,
             )
             .await;
         for r in results.iter_mut() {
@@ -567,7 +575,7 @@ impl ErasureSet {
     ///
     /// Each block is encoded into `data + parity` shards with a checksum
     /// each and handed to one writer task per disk through a bounded queue.
-    /// A disk that fails, or whose queue stays full for `straggler_wait`
+    /// A disk that fails, or whose queue stays full for the straggler grace
     /// after a write quorum took the block, is dropped from the write; the
     /// write goes on while write quorum holds. Shard files are staged in
     /// the temporary volume and renamed into place, then the metadata is
@@ -721,7 +729,7 @@ impl ErasureSet {
                     })
                 },
                 |rs| rs.iter().filter(|r| matches!(r, Some(Ok(())))).count() >= wq,
-                self.cfg.straggler_wait,
+                true,
             )
             .await;
         let mut t = Tally::new(QuorumOp::WriteMeta, wq, n);
@@ -828,7 +836,7 @@ impl ErasureSet {
     }
 
     /// Hand one message to every live writer. Waits until a write quorum
-    /// took it, then at most `straggler_wait` for the others, and drops
+    /// took it, then at most the straggler grace for the others, and drops
     /// those still full or gone.
     async fn send_all(
         &self,
@@ -857,8 +865,9 @@ impl ErasureSet {
                 Err(mpsc::error::TrySendError::Closed(_)) => closed.push(pos),
             }
         }
+        let started = Instant::now();
         let mut until = if accepted >= wq {
-            deadline.min(Deadline::after(self.cfg.straggler_wait))
+            deadline.min(Deadline::after(self.cfg.straggler_grace(Duration::ZERO)))
         } else {
             deadline
         };
@@ -869,7 +878,8 @@ impl ErasureSet {
                 delivered[pos] = true;
                 accepted += 1;
                 if accepted == wq {
-                    until = deadline.min(Deadline::after(self.cfg.straggler_wait));
+                    let grace = self.cfg.straggler_grace(started.elapsed());
+                    until = deadline.min(Deadline::after(grace));
                 }
             } else {
                 closed.push(pos);
@@ -901,7 +911,7 @@ impl ErasureSet {
                     pos,
                     DiskError::DeadlineExceeded {
                         op: OpClass::Append,
-                        waited: self.cfg.straggler_wait,
+                        waited: started.elapsed(),
                     },
                     "straggler",
                 );
@@ -930,7 +940,7 @@ impl ErasureSet {
     }
 
     /// Wait for the writers' finish + rename: until a write quorum
-    /// committed, then at most `straggler_wait` for the others.
+    /// committed, then at most the straggler grace for the others.
     async fn await_commits(&self, w: &mut Writers, deadline: Deadline) -> Result<(), ErasureError> {
         let wq = self.write_quorum();
         let mut futs = FuturesUnordered::new();
@@ -943,6 +953,7 @@ impl ErasureSet {
             }
         }
         let mut committed = 0usize;
+        let started = Instant::now();
         let mut until = deadline;
         let mut heard = vec![false; self.n()];
         while let Ok(Some((pos, r))) =
@@ -953,7 +964,8 @@ impl ErasureSet {
                 Ok(TaskEnd::Committed) => {
                     committed += 1;
                     if committed == wq {
-                        until = deadline.min(Deadline::after(self.cfg.straggler_wait));
+                        let grace = self.cfg.straggler_grace(started.elapsed());
+                        until = deadline.min(Deadline::after(grace));
                     }
                 }
                 Ok(TaskEnd::Failed(e)) => w.drop_disk(self.index, pos, e, "failed"),
@@ -969,7 +981,7 @@ impl ErasureSet {
                     pos,
                     DiskError::DeadlineExceeded {
                         op: OpClass::Finish,
-                        waited: self.cfg.straggler_wait,
+                        waited: started.elapsed(),
                     },
                     "straggler",
                 );
@@ -1010,7 +1022,7 @@ impl ErasureSet {
                     })
                 },
                 |rs| !wait_all && !matches!(meta_decision(rs, rq), MetaDecision::Undecided),
-                Duration::ZERO,
+                false,
             )
             .await;
         let winner = match meta_decision(&results, rq) {
@@ -1357,7 +1369,7 @@ impl ErasureSet {
                     Box::pin(async move { disk.delete(&b, &p, DeleteOptions::default(), d).await })
                 },
                 |rs| rs.iter().filter(|r| matches!(r, Some(Ok(())))).count() >= wq,
-                self.cfg.straggler_wait,
+                true,
             )
             .await;
         for r in results.iter_mut() {
@@ -1381,7 +1393,7 @@ impl ErasureSet {
     }
 
     /// `list_dir` of `dir` on every disk, each under its own deadline;
-    /// with `quorum`, stops `straggler_wait` after that many listings are
+    /// with `quorum`, stops a straggler grace after that many listings are
     /// in, otherwise waits for every disk.
     async fn list_everywhere(
         &self,
@@ -1401,7 +1413,7 @@ impl ErasureSet {
             |rs| {
                 quorum.is_some_and(|q| rs.iter().filter(|r| matches!(r, Some(Ok(_)))).count() >= q)
             },
-            self.cfg.straggler_wait,
+            true,
         )
         .await
     }
@@ -1484,7 +1496,7 @@ impl ErasureSet {
                     })
                 },
                 |_| false,
-                Duration::ZERO,
+                false,
             )
             .await
         };
@@ -1736,7 +1748,7 @@ impl ErasureSet {
                     })
                 },
                 |_| false,
-                Duration::ZERO,
+                false,
             )
             .await;
         results.into_iter().flatten().flatten().sum()

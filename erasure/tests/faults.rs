@@ -80,8 +80,11 @@ async fn two_disks_hung_mid_write_succeeds_by_its_deadline_reads_back_and_heals(
     );
     // Dropped as stragglers, not waited out: far below the 10 s data budget.
     assert!(took < Duration::from_secs(8), "the write took {took:?}");
-    assert_eq!(rep.missed, vec![2, 5], "{rep:?}");
-    assert_eq!(rep.written.len(), 6);
+    assert!(
+        rep.missed.contains(&2) && rep.missed.contains(&5),
+        "{rep:?}"
+    );
+    assert!(rep.written.len() >= 5 && rep.written.len() + rep.missed.len() == 8);
     assert_eq!(
         fx.set.heal_queue().len(),
         1,
@@ -134,7 +137,7 @@ async fn two_disks_hung_mid_write_succeeds_by_its_deadline_reads_back_and_heals(
             .heal_object(BUCKET, "big", Deadline::after(Duration::from_secs(30)))
             .await
         {
-            Ok(h) if h.healed == vec![2, 5] || (!h.good.is_empty() && h.good.len() == 8) => {
+            Ok(h) if (h.healed.contains(&2) && h.healed.contains(&5)) || h.good.len() == 8 => {
                 healed = Some(h);
                 break;
             }
@@ -143,6 +146,10 @@ async fn two_disks_hung_mid_write_succeeds_by_its_deadline_reads_back_and_heals(
     }
     let h = healed.expect("healing rebuilt the shards of disks 2 and 5");
     assert!(h.failed.is_empty(), "{h:?}");
+    assert!(
+        h.healed.iter().all(|p| rep.missed.contains(p)),
+        "{h:?} {rep:?}"
+    );
     let again = fx
         .set
         .heal_object(BUCKET, "big", Deadline::after(Duration::from_secs(30)))
@@ -358,7 +365,13 @@ async fn flipped_bytes_in_one_shard_are_detected_reconstructed_and_healed() {
         .heal_object(BUCKET, "rot", setup_deadline())
         .await
         .expect("heal");
-    assert_eq!(h.healed, vec![d0], "{h:?}");
+    // The corrupt shard, and any disk a loaded machine left behind in the
+    // write (straggler grace).
+    assert!(h.healed.contains(&d0), "{h:?}");
+    assert!(
+        h.healed.iter().all(|&p| p == d0 || rep.missed.contains(&p)),
+        "{h:?} {rep:?}"
+    );
     let (back, r) = get(&fx.set, "rot", None, setup_deadline())
         .await
         .expect("get");

