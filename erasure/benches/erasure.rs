@@ -11,7 +11,8 @@
 //! * PUT and GET MiB/s of one large object on 8 local disks, healthy and
 //!   with 2 of the 8 hung (two of the disks are FaultFs pass-through mounts
 //!   in both rounds, so only the hang differs), and the ratio;
-//! * GET latency p50/p99 of 1 MiB objects, healthy and with 1 disk hung.
+//! * GET and PUT latency p50/p99 of 1 MiB objects, healthy and with 1 disk
+//!   hung.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -230,6 +231,21 @@ fn pct(v: &mut [Duration], p: f64) -> Duration {
     v[((v.len() as f64 - 1.0) * p).round() as usize]
 }
 
+async fn put_latency(b: &Bench, puts: usize, tag: &str) -> (Duration, Duration) {
+    let d = || Deadline::after(Duration::from_secs(60));
+    let mut v = Vec::with_capacity(puts);
+    for i in 0..puts {
+        let mut src = Source::new(MIB as u64, 1000 + i as u64);
+        let t = Instant::now();
+        b.set
+            .put_object("bench", &format!("put-{tag}-{}", i % 16), &mut src, d())
+            .await
+            .expect("small put");
+        v.push(t.elapsed());
+    }
+    (pct(&mut v, 0.5), pct(&mut v, 0.99))
+}
+
 async fn latency(b: &Bench, gets: usize) -> (Duration, Duration) {
     let d = || Deadline::after(Duration::from_secs(60));
     let mut v = Vec::with_capacity(gets);
@@ -292,9 +308,18 @@ fn main() {
                 .expect("small put");
         }
         let (p50, p99) = latency(&b, gets).await;
+        let (pp50, pp99) = put_latency(&b, gets / 2, "healthy").await;
         b.ctls[0].hang();
         let (hp50, hp99) = latency(&b, gets).await;
+        let (hpp50, hpp99) = put_latency(&b, gets / 2, "hung").await;
         b.ctls[0].release();
+        println!("PUT of 1 MiB objects ({} each):", gets / 2);
+        println!("  healthy:     p50 {pp50:?}  p99 {pp99:?}");
+        println!("  1 disk hung: p50 {hpp50:?}  p99 {hpp99:?}");
+        println!(
+            "  p50 ratio hung/healthy: {:.2}",
+            hpp50.as_secs_f64() / pp50.as_secs_f64()
+        );
         println!("GET of 1 MiB objects ({gets} each):");
         println!("  healthy:     p50 {p50:?}  p99 {p99:?}");
         println!("  1 disk hung: p50 {hp50:?}  p99 {hp99:?}");
