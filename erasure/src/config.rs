@@ -31,6 +31,10 @@ pub struct ErasureConfig {
     pub straggler_floor: Duration,
     /// Straggler grace as a multiple of the time the quorum took.
     pub straggler_factor: f64,
+    /// A disk left behind by a quorum gets no grace at all for this long
+    /// afterwards (until it keeps up again): a hung disk then costs one
+    /// grace per `straggler_memory`, not one per call.
+    pub straggler_memory: Duration,
     /// Blocks queued per disk writer (memory bound of a write:
     /// `write_queue_blocks × set size × shard block`).
     pub write_queue_blocks: usize,
@@ -62,6 +66,7 @@ impl Default for ErasureConfig {
             straggler_wait: Duration::from_millis(250),
             straggler_floor: Duration::from_millis(100),
             straggler_factor: 2.0,
+            straggler_memory: Duration::from_secs(5),
             write_queue_blocks: 4,
             heal_queue_capacity: 10_000,
             max_meta_size: 1 << 20,

@@ -138,6 +138,10 @@ pub struct ErasureSet {
     cfg: Arc<ErasureConfig>,
     heal: Arc<HealQueue>,
     stats: Arc<SetStats>,
+    /// When each disk was last left behind by a quorum (dropped from a
+    /// write, or not heard from within the straggler grace). While that is
+    /// recent (`straggler_memory`), a quorum does not wait for it at all.
+    straggled: std::sync::Mutex<Vec<Option<Instant>>>,
 }
 
 /// A disk call bounded by `deadline` even if the disk ignores it (a
@@ -340,6 +344,7 @@ impl ErasureSet {
             cfg,
             heal,
             stats: Arc::new(SetStats::default()),
+            straggled: std::sync::Mutex::new(vec![None; n]),
         };
         let ids = set
             .gather(
@@ -424,6 +429,43 @@ impl ErasureSet {
         self.disks[pos].state().admits()
     }
 
+    /// Whether disk `pos` was left behind by a quorum recently.
+    fn straggling(&self, pos: usize) -> bool {
+        let g = self.straggled.lock().expect("straggled lock");
+        g[pos].is_some_and(|at| at.elapsed() < self.cfg.straggler_memory)
+    }
+
+    /// Record that disk `pos` kept up (`false`) or was left behind
+    /// (`true`). A mark is not renewed while it holds, so a disk that is
+    /// merely slow gets a full grace again every `straggler_memory` and can
+    /// clear itself by keeping up.
+    fn mark_straggler(&self, pos: usize, behind: bool) {
+        let mut g = self.straggled.lock().expect("straggled lock");
+        if !behind {
+            g[pos] = None;
+        } else if g[pos].is_none_or(|at| at.elapsed() >= self.cfg.straggler_memory) {
+            g[pos] = Some(Instant::now());
+        }
+    }
+
+    /// The grace the disks in `waiting` get once a quorum answered after
+    /// `took`: none when every one of them was left behind recently (a hung
+    /// disk costs one grace per `straggler_memory`, not one per call).
+    fn grace_for(&self, took: Duration, waiting: impl IntoIterator<Item = usize>) -> Duration {
+        let mut any = false;
+        for pos in waiting {
+            any = true;
+            if !self.straggling(pos) {
+                return self.cfg.straggler_grace(took);
+            }
+        }
+        if any {
+            Duration::ZERO
+        } else {
+            self.cfg.straggler_grace(took)
+        }
+    }
+
     /// Run `f` on every disk at once, each under `min(deadline, its class
     /// budget)`. Returns when all answered, or at `deadline`, or — once
     /// `stop` holds — right away (`stragglers` false) or after the
@@ -455,14 +497,38 @@ impl ErasureSet {
             tokio::time::timeout_at(until.instant().into(), futs.next()).await
         {
             results[pos] = Some(r);
+            if stragglers
+                && !results[pos]
+                    .as_ref()
+                    .is_some_and(|r| r.as_ref().is_err_and(DiskError::is_unavailable))
+            {
+                self.mark_straggler(pos, false);
+            }
             if !stopped && stop(&results) {
                 stopped = true;
                 let grace = if stragglers {
-                    self.cfg.straggler_grace(started.elapsed())
+                    let waiting = (0..results.len()).filter(|&p| results[p].is_none());
+                    self.grace_for(started.elapsed(), waiting.collect::<Vec<_>>())
                 } else {
                     Duration::ZERO
                 };
                 until = deadline.min(Deadline::after(grace));
+            }
+            // Past the stop, once only disks known to lag are left: stop.
+            if stopped
+                && stragglers
+                && (0..results.len())
+                    .filter(|&p| results[p].is_none())
+                    .all(|p| self.straggling(p))
+            {
+                break;
+            }
+        }
+        if stragglers && stopped {
+            for (pos, r) in results.iter().enumerate() {
+                if r.is_none() {
+                    self.mark_straggler(pos, true);
+                }
             }
         }
         results
@@ -722,8 +788,12 @@ impl ErasureSet {
                         if skip {
                             // Dropped from the write: no metadata without
                             // its shard. (Its data-phase error is what the
-                            // tally below counts for it.)
-                            return Err(DiskError::FileNotFound);
+                            // tally below counts for it; this placeholder is
+                            // of the unavailable family so it does not count
+                            // as the disk keeping up.)
+                            return Err(DiskError::Busy {
+                                reason: "dropped from this write".to_string(),
+                            });
                         }
                         disk.write_all(&b, &p, &bytes, d).await
                     })
@@ -866,23 +936,35 @@ impl ErasureSet {
             }
         }
         let started = Instant::now();
+        let mut waiting: Vec<usize> = Vec::new();
+        for (pos, &d) in delivered.iter().enumerate() {
+            if !d && w.txs[pos].is_some() && !closed.contains(&pos) {
+                waiting.push(pos);
+            }
+        }
         let mut until = if accepted >= wq {
-            deadline.min(Deadline::after(self.cfg.straggler_grace(Duration::ZERO)))
+            let grace = self.grace_for(Duration::ZERO, waiting.iter().copied());
+            deadline.min(Deadline::after(grace))
         } else {
             deadline
         };
         while let Ok(Some((pos, ok))) =
             tokio::time::timeout_at(until.instant().into(), pending.next()).await
         {
+            waiting.retain(|&p| p != pos);
             if ok {
                 delivered[pos] = true;
                 accepted += 1;
                 if accepted == wq {
-                    let grace = self.cfg.straggler_grace(started.elapsed());
+                    let grace = self.grace_for(started.elapsed(), waiting.iter().copied());
                     until = deadline.min(Deadline::after(grace));
                 }
             } else {
                 closed.push(pos);
+            }
+            // Past quorum, once only disks known to lag are left: stop.
+            if accepted >= wq && waiting.iter().all(|&p| self.straggling(p)) {
+                break;
             }
         }
         // Sends still pending are cancelled here: their disks did not get
@@ -906,6 +988,7 @@ impl ErasureSet {
         }
         for (pos, &got) in delivered.iter().enumerate() {
             if w.dropped[pos].is_none() && !got {
+                self.mark_straggler(pos, true);
                 w.drop_disk(
                     self.index,
                     pos,
@@ -955,6 +1038,7 @@ impl ErasureSet {
         let mut committed = 0usize;
         let started = Instant::now();
         let mut until = deadline;
+        let mut grace_set = false;
         let mut heard = vec![false; self.n()];
         while let Ok(Some((pos, r))) =
             tokio::time::timeout_at(until.instant().into(), futs.next()).await
@@ -963,19 +1047,33 @@ impl ErasureSet {
             match r {
                 Ok(TaskEnd::Committed) => {
                     committed += 1;
-                    if committed == wq {
-                        let grace = self.cfg.straggler_grace(started.elapsed());
-                        until = deadline.min(Deadline::after(grace));
-                    }
+                    self.mark_straggler(pos, false);
                 }
                 Ok(TaskEnd::Failed(e)) => w.drop_disk(self.index, pos, e, "failed"),
                 Err(_) => w.drop_disk(self.index, pos, DiskError::ShutDown, "failed"),
+            }
+            if committed >= wq {
+                let waiting: Vec<usize> = aborts
+                    .iter()
+                    .map(|(p, _)| *p)
+                    .filter(|&p| !heard[p])
+                    .collect();
+                // Past quorum, once only disks known to lag are left: stop.
+                if waiting.iter().all(|&p| self.straggling(p)) {
+                    break;
+                }
+                if !grace_set {
+                    grace_set = true;
+                    let grace = self.grace_for(started.elapsed(), waiting);
+                    until = deadline.min(Deadline::after(grace));
+                }
             }
         }
         drop(futs);
         for (pos, abort) in aborts {
             if !heard[pos] {
                 abort.abort();
+                self.mark_straggler(pos, true);
                 w.drop_disk(
                     self.index,
                     pos,

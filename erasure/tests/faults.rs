@@ -389,3 +389,50 @@ async fn flipped_bytes_in_one_shard_are_detected_reconstructed_and_healed() {
         .unwrap();
     assert_eq!(h.good.len(), 8, "{h:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_disk_costs_one_straggler_grace_then_none_while_remembered() {
+    // A large, fixed grace makes the effect unmistakable on a loaded
+    // machine: the first PUT waits it out, the next ones do not.
+    let grace = Duration::from_secs(2);
+    let cfg = disk_io_erasure::ErasureConfig {
+        straggler_floor: grace,
+        straggler_wait: grace,
+        straggler_memory: Duration::from_secs(60),
+        ..test_config()
+    };
+    let fx = fixture(&[4], cfg).await;
+    fx.ctl(4).hang();
+    let data = bytes(100_000, 1);
+    let started = Instant::now();
+    let first = put(
+        &fx.set,
+        "p0",
+        &data,
+        Deadline::after(Duration::from_secs(30)),
+    )
+    .await;
+    let first_took = started.elapsed();
+    assert!(first.missed.contains(&4), "{first:?}");
+    assert!(
+        first_took >= grace,
+        "the first PUT gave the hung disk its grace: {first_took:?}"
+    );
+    for i in 1..4 {
+        let started = Instant::now();
+        let rep = put(
+            &fx.set,
+            &format!("p{i}"),
+            &data,
+            Deadline::after(Duration::from_secs(30)),
+        )
+        .await;
+        let took = started.elapsed();
+        assert!(rep.missed.contains(&4), "{rep:?}");
+        assert!(
+            took < grace.mul_f64(0.75),
+            "PUT {i} waited for a disk known to lag: {took:?}"
+        );
+    }
+    fx.ctl(4).release();
+}
