@@ -1,0 +1,205 @@
+//! Per-object metadata and the on-disk names of an object.
+//!
+//! Object `name` in bucket `b` lives, on each disk of its set, at
+//! `b/name/object.meta` (the metadata, replaced atomically by `write_all`)
+//! and `b/name/<version>.shards` (this disk's shard file). A write stages
+//! its shard file in the temporary volume and renames it into place; the
+//! metadata, written after a write quorum of shard files is in place, is
+//! what makes a version visible.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::codec::Geometry;
+use crate::error::ErasureError;
+
+/// File name of the metadata inside an object's directory.
+pub const META_FILE: &str = "object.meta";
+/// Suffix of shard files.
+pub const SHARD_SUFFIX: &str = ".shards";
+/// Metadata format version.
+pub const META_FORMAT: u32 = 1;
+
+/// What every disk holding the object stores about it (identical on all).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectMeta {
+    /// Format version of this struct.
+    pub format: u32,
+    /// Version id; names the shard files.
+    pub version: Uuid,
+    /// Object size in bytes.
+    pub size: u64,
+    /// Modification time, nanoseconds since the Unix epoch.
+    pub mod_time_ns: u64,
+    /// Data shards.
+    pub data: usize,
+    /// Parity shards.
+    pub parity: usize,
+    /// Object bytes per block.
+    pub block_size: u64,
+    /// Checksum algorithm of the shard blocks.
+    pub checksum: String,
+    /// `distribution[disk position in the set]` = the shard index that disk holds.
+    pub distribution: Vec<usize>,
+    /// Per shard index: BLAKE3 (hex) over that shard's per-block checksums,
+    /// so a whole shard file can be verified against the metadata.
+    pub shard_digests: Vec<String>,
+}
+
+impl ObjectMeta {
+    /// The shard geometry.
+    pub fn geometry(&self) -> Geometry {
+        Geometry {
+            data: self.data,
+            parity: self.parity,
+            block_size: self.block_size,
+            size: self.size,
+        }
+    }
+
+    /// Serialized form.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("metadata serializes")
+    }
+
+    /// Parse and check a metadata file against the set's shape.
+    pub fn from_bytes(b: &[u8], set_size: usize) -> Result<ObjectMeta, ErasureError> {
+        let m: ObjectMeta = serde_json::from_slice(b).map_err(|e| ErasureError::CorruptMeta {
+            reason: e.to_string(),
+        })?;
+        let bad = |reason: String| Err(ErasureError::CorruptMeta { reason });
+        if m.format != META_FORMAT {
+            return bad(format!("format {}", m.format));
+        }
+        if m.data == 0 || m.parity == 0 || m.data + m.parity != set_size {
+            return bad(format!("{}+{} on a set of {set_size}", m.data, m.parity));
+        }
+        if m.block_size < 2 || m.block_size > (64 << 20) {
+            return bad(format!("block size {}", m.block_size));
+        }
+        let mut seen = vec![false; set_size];
+        if m.distribution.len() != set_size || m.shard_digests.len() != set_size {
+            return bad("distribution or digests of the wrong length".into());
+        }
+        for &i in &m.distribution {
+            if i >= set_size || std::mem::replace(&mut seen[i], true) {
+                return bad("distribution is not a permutation".into());
+            }
+        }
+        Ok(m)
+    }
+
+    /// Disk position holding shard `index`.
+    pub fn disk_of(&self, index: usize) -> usize {
+        self.distribution
+            .iter()
+            .position(|&i| i == index)
+            .expect("distribution is a permutation")
+    }
+}
+
+/// Shard index per disk position for an object: a rotation by the name's
+/// hash, so data shards of different objects land on different disks.
+pub fn distribution(name: &str, n: usize) -> Vec<usize> {
+    let h = blake3::hash(name.as_bytes());
+    let rot =
+        (u64::from_le_bytes(h.as_bytes()[..8].try_into().expect("8 bytes")) % n as u64) as usize;
+    (0..n).map(|p| (p + rot) % n).collect()
+}
+
+/// Check an object name: relative, `/`-separated, no empty, `.` or `..`
+/// components, none that collide with our own file names.
+pub fn check_name(name: &str) -> Result<(), ErasureError> {
+    let bad = |reason| {
+        Err(ErasureError::InvalidObjectName {
+            name: name.to_string(),
+            reason,
+        })
+    };
+    if name.is_empty() {
+        return bad("empty");
+    }
+    if name.len() > 1024 {
+        return bad("longer than 1024 bytes");
+    }
+    if name.contains('\0') {
+        return bad("contains NUL");
+    }
+    for c in name.split('/') {
+        if c.is_empty() {
+            return bad("empty component (leading, trailing or double '/')");
+        }
+        if c == "." || c == ".." {
+            return bad("'.' or '..' component");
+        }
+        if c == META_FILE || c.ends_with(SHARD_SUFFIX) {
+            return bad("component reserved for object files");
+        }
+        if c.len() > 255 {
+            return bad("component longer than 255 bytes");
+        }
+    }
+    Ok(())
+}
+
+/// Path of an object's metadata.
+pub fn meta_path(name: &str) -> String {
+    format!("{name}/{META_FILE}")
+}
+
+/// Path of an object version's shard file.
+pub fn shard_path(name: &str, version: Uuid) -> String {
+    format!("{name}/{version}{SHARD_SUFFIX}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_checked() {
+        assert!(check_name("a/b/c.txt").is_ok());
+        for bad in [
+            "",
+            "/a",
+            "a/",
+            "a//b",
+            "a/../b",
+            ".",
+            "a/object.meta",
+            "x.shards",
+            "a\0b",
+        ] {
+            assert!(
+                matches!(check_name(bad), Err(ErasureError::InvalidObjectName { .. })),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn distribution_is_a_permutation_and_meta_round_trips() {
+        let d = distribution("obj", 8);
+        let mut s = d.clone();
+        s.sort();
+        assert_eq!(s, (0..8).collect::<Vec<_>>());
+        let m = ObjectMeta {
+            format: META_FORMAT,
+            version: Uuid::new_v4(),
+            size: 5,
+            mod_time_ns: 1,
+            data: 4,
+            parity: 4,
+            block_size: 1 << 20,
+            checksum: "blake3".into(),
+            distribution: d,
+            shard_digests: vec![String::new(); 8],
+        };
+        assert_eq!(ObjectMeta::from_bytes(&m.to_bytes(), 8).unwrap(), m);
+        assert!(ObjectMeta::from_bytes(&m.to_bytes(), 6).is_err());
+        assert!(ObjectMeta::from_bytes(b"{", 8).is_err());
+        let mut dup = m.clone();
+        dup.distribution[0] = dup.distribution[1];
+        assert!(ObjectMeta::from_bytes(&dup.to_bytes(), 8).is_err());
+    }
+}

@@ -1,0 +1,367 @@
+//! Healing one object (verify every copy, rebuild, verify again), the
+//! scanner, and the purge of stale staging files.
+
+use super::*;
+
+impl ErasureSet {
+    /// Check every disk's copy of an object and rebuild the missing or
+    /// corrupt ones from the good ones; each rebuilt shard is verified
+    /// (re-read and checked against the metadata) after writing.
+    pub async fn heal_object(
+        &self,
+        bucket: &str,
+        name: &str,
+        deadline: Deadline,
+    ) -> Result<HealReport, ErasureError> {
+        let (m, states) = self.read_meta(bucket, name, deadline, true).await?;
+        let n = self.n();
+        let shard_file = meta::shard_path(name, m.version);
+        let checks = {
+            let (b, f, m2) = (bucket.to_string(), shard_file.clone(), m.clone());
+            let states = states.clone();
+            self.gather(
+                deadline,
+                OpClass::ReadFileAt,
+                move |pos, disk, d| {
+                    let (b, f, m2) = (b.clone(), f.clone(), m2.clone());
+                    let state = states[pos];
+                    Box::pin(async move {
+                        if state == MetaState::Unknown {
+                            return Err(DiskError::DeadlineExceeded {
+                                op: OpClass::ReadAll,
+                                waited: Duration::ZERO,
+                            });
+                        }
+                        let ok = verify_shard_file(&*disk, &b, &f, &m2, pos, d).await?;
+                        Ok(ok && state == MetaState::Match)
+                    })
+                },
+                |_| false,
+                false,
+            )
+            .await
+        };
+        let mut report = HealReport::default();
+        let mut targets = Vec::new();
+        for (pos, c) in checks.into_iter().enumerate() {
+            match c {
+                Some(Ok(true)) => report.good.push(pos),
+                Some(Ok(false)) => targets.push(pos),
+                Some(Err(e)) if !e.is_unavailable() => targets.push(pos),
+                _ => report.skipped.push(pos),
+            }
+        }
+        if targets.is_empty() {
+            return Ok(report);
+        }
+        if report.good.len() < m.data {
+            let mut t = Tally::new(QuorumOp::ReadData, m.data, n);
+            for pos in 0..n {
+                if report.good.contains(&pos) {
+                    t.ok(self.admits(pos));
+                } else if targets.contains(&pos) {
+                    t.disagree(self.admits(pos));
+                } else {
+                    t.missing(self.admits(pos));
+                }
+            }
+            self.decide(&t, deadline)?;
+        }
+        self.rebuild(
+            bucket,
+            name,
+            &m,
+            &report.good.clone(),
+            &targets,
+            &mut report,
+            deadline,
+        )
+        .await;
+        for _ in &report.healed {
+            metrics::heal_shard(true);
+        }
+        for _ in &report.failed {
+            metrics::heal_shard(false);
+        }
+        Ok(report)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn rebuild(
+        &self,
+        bucket: &str,
+        name: &str,
+        m: &ObjectMeta,
+        sources: &[usize],
+        targets: &[usize],
+        report: &mut HealReport,
+        deadline: Deadline,
+    ) {
+        let geo = m.geometry();
+        let shard_file = meta::shard_path(name, m.version);
+        let tmp = format!("heal-{}", Uuid::new_v4());
+        let mut writers: Vec<(usize, Box<dyn ShardWriter>)> = Vec::new();
+        for &pos in targets {
+            let disk = &self.disks[pos];
+            let d = deadline_of(&self.cfg, OpClass::CreateFile, deadline);
+            let mut r = bounded(
+                OpClass::CreateFile,
+                d,
+                disk.create_file(&self.cfg.tmp_volume, &tmp, CreateOptions::default(), d),
+            )
+            .await;
+            if matches!(r, Err(DiskError::VolumeNotFound)) {
+                let d = deadline_of(&self.cfg, OpClass::MakeVol, deadline);
+                let _ = bounded(OpClass::MakeVol, d, disk.make_vol(&self.cfg.tmp_volume, d)).await;
+                let d = deadline_of(&self.cfg, OpClass::CreateFile, deadline);
+                r = bounded(
+                    OpClass::CreateFile,
+                    d,
+                    disk.create_file(&self.cfg.tmp_volume, &tmp, CreateOptions::default(), d),
+                )
+                .await;
+            }
+            match r {
+                Ok(w) => writers.push((pos, w)),
+                Err(e) => report.failed.push((pos, e)),
+            }
+        }
+        let mut order: Vec<usize> = sources.to_vec();
+        let mut bad = vec![true; self.n()];
+        for &p in sources {
+            bad[p] = false;
+        }
+        let mut scratch = GetReport::default();
+        for b in 0..geo.blocks() {
+            if writers.is_empty() {
+                break;
+            }
+            let data = match self
+                .read_block(
+                    bucket,
+                    &shard_file,
+                    m,
+                    b,
+                    &mut order,
+                    &mut bad,
+                    &mut scratch,
+                    deadline,
+                )
+                .await
+            {
+                Ok(d) => d,
+                Err(e) => {
+                    let e = match e {
+                        ErasureError::Quorum(q) => q
+                            .counts()
+                            .errors
+                            .first()
+                            .map(|g| g.error.clone())
+                            .unwrap_or(DiskError::FileNotFound),
+                        _ => DiskError::FileNotFound,
+                    };
+                    for (pos, _) in writers.drain(..) {
+                        report.failed.push((pos, e.clone()));
+                    }
+                    break;
+                }
+            };
+            let shard_len = geo.shard_len(geo.block_len(b));
+            let given: Vec<Option<Vec<u8>>> = (0..self.n())
+                .map(|i| (i < m.data).then(|| data[i].clone()))
+                .collect();
+            let all = match codec::reconstruct(m.data, m.parity, shard_len, given, true) {
+                Ok(a) => a,
+                Err(_) => break,
+            };
+            let mut i = 0;
+            while i < writers.len() {
+                let (pos, w) = &mut writers[i];
+                let shard = &all[m.distribution[*pos]];
+                let mut buf = Vec::with_capacity(HASH_LEN + shard.len());
+                buf.extend_from_slice(&codec::hash(shard));
+                buf.extend_from_slice(shard);
+                let d = deadline_of(&self.cfg, OpClass::Append, deadline);
+                match bounded(OpClass::Append, d, w.append(&buf, d)).await {
+                    Ok(()) => i += 1,
+                    Err(e) => {
+                        let (pos, _) = writers.swap_remove(i);
+                        report.failed.push((pos, e));
+                    }
+                }
+            }
+        }
+        let bytes = m.to_bytes();
+        for (pos, w) in writers {
+            let disk = &self.disks[pos];
+            let r = async {
+                let d = deadline_of(&self.cfg, OpClass::Finish, deadline);
+                bounded(OpClass::Finish, d, w.finish(d)).await?;
+                let d = deadline_of(&self.cfg, OpClass::MakeVol, deadline);
+                match bounded(OpClass::MakeVol, d, disk.make_vol(bucket, d)).await {
+                    Ok(()) | Err(DiskError::VolumeExists) => {}
+                    Err(e) => return Err(e),
+                }
+                let d = deadline_of(&self.cfg, OpClass::RenameFile, deadline);
+                bounded(
+                    OpClass::RenameFile,
+                    d,
+                    disk.rename_file(&self.cfg.tmp_volume, &tmp, bucket, &shard_file, d),
+                )
+                .await?;
+                let d = deadline_of(&self.cfg, OpClass::WriteAll, deadline);
+                bounded(
+                    OpClass::WriteAll,
+                    d,
+                    disk.write_all(bucket, &meta::meta_path(name), &bytes, d),
+                )
+                .await?;
+                let d = deadline_of(&self.cfg, OpClass::ReadFileAt, deadline);
+                if verify_shard_file(&**disk, bucket, &shard_file, m, pos, d).await? {
+                    Ok(())
+                } else {
+                    Err(DiskError::MediaError {
+                        op: OpClass::ReadFileAt,
+                        errno: disk_io_api::Errno(5),
+                    })
+                }
+            }
+            .await;
+            match r {
+                Ok(()) => {
+                    tracing::info!(
+                        set = self.index,
+                        pos,
+                        bucket,
+                        name,
+                        "shard healed and verified"
+                    );
+                    report.healed.push(pos);
+                    self.spawn_object_cleanup(pos, bucket, name, Shards::AllBut(m.version), false);
+                }
+                Err(e) => {
+                    spawn_cleanup(
+                        disk.clone(),
+                        &self.cfg,
+                        self.cfg.tmp_volume.clone(),
+                        tmp.clone(),
+                    );
+                    report.failed.push((pos, e));
+                }
+            }
+        }
+    }
+
+    /// Remove staging files older than `tmp_max_age` from every disk's
+    /// temporary volume (left by writes and heals that were aborted).
+    /// Returns how many were removed. At most `scan_max_entries` per disk.
+    pub async fn purge_tmp(&self, deadline: Deadline) -> usize {
+        let vol = self.cfg.tmp_volume.clone();
+        let max_age = self.cfg.tmp_max_age;
+        let max_entries = self.cfg.scan_max_entries;
+        let results = self
+            .gather(
+                deadline,
+                OpClass::ListDir,
+                move |_, disk, d| {
+                    let vol = vol.clone();
+                    Box::pin(async move {
+                        let entries = match disk.list_dir(&vol, "", d).await {
+                            Ok(e) => e,
+                            Err(DiskError::VolumeNotFound) => return Ok(0),
+                            Err(e) => return Err(e),
+                        };
+                        let mut removed = 0usize;
+                        for e in entries.into_iter().take(max_entries) {
+                            let (name, recursive) = match e.strip_suffix('/') {
+                                Some(dir) => (dir.to_string(), true),
+                                None => (e, false),
+                            };
+                            let info = disk.stat_file(&vol, &name, d).await?;
+                            let old = info.modified.elapsed().is_ok_and(|age| age > max_age);
+                            if old {
+                                disk.delete(&vol, &name, DeleteOptions { recursive }, d)
+                                    .await?;
+                                removed += 1;
+                            }
+                        }
+                        Ok(removed)
+                    })
+                },
+                |_| false,
+                false,
+            )
+            .await;
+        results.into_iter().flatten().flatten().sum()
+    }
+
+    /// Walk a bucket and heal every object found on any disk (what the heal
+    /// queue missed). Bounded by `scan_max_entries` and `deadline`.
+    pub async fn scan(&self, bucket: &str, deadline: Deadline) -> ScanReport {
+        let mut report = ScanReport::default();
+        let mut dirs: std::collections::VecDeque<String> = [String::new()].into();
+        let mut visited = 0usize;
+        while let Some(dir) = dirs.pop_front() {
+            if deadline.is_expired() || visited >= self.cfg.scan_max_entries {
+                report.truncated = true;
+                break;
+            }
+            let results = self.list_everywhere(bucket, &dir, None, deadline).await;
+            let mut entries: std::collections::BTreeSet<String> = Default::default();
+            for es in results.into_iter().flatten().flatten() {
+                entries.extend(es);
+            }
+            visited += entries.len();
+            if entries.contains(meta::META_FILE) {
+                report.objects += 1;
+                match self.heal_object(bucket, &dir, deadline).await {
+                    Ok(h) => {
+                        report.healed += h.healed.len();
+                        if !h.failed.is_empty() {
+                            report.failed += 1;
+                        }
+                    }
+                    Err(ErasureError::ObjectNotFound) => {}
+                    Err(_) => report.failed += 1,
+                }
+            }
+            for e in entries {
+                if let Some(child) = e.strip_suffix('/') {
+                    dirs.push_back(if dir.is_empty() {
+                        child.to_string()
+                    } else {
+                        format!("{dir}/{child}")
+                    });
+                }
+            }
+        }
+        report
+    }
+}
+
+/// Read a whole shard file block by block, checking every block's
+/// checksum and the digest of all of them against the metadata.
+async fn verify_shard_file(
+    disk: &dyn Disk,
+    bucket: &str,
+    path: &str,
+    m: &ObjectMeta,
+    pos: usize,
+    deadline: Deadline,
+) -> Result<bool, DiskError> {
+    let geo = m.geometry();
+    let info = disk.stat_file(bucket, path, deadline).await?;
+    if info.size != geo.shard_file_size() {
+        return Ok(false);
+    }
+    let mut h = blake3::Hasher::new();
+    for b in 0..geo.blocks() {
+        let (off, len) = geo.shard_block(b);
+        let buf = disk.read_file_at(bucket, path, off, len, deadline).await?;
+        if !codec::verify(&buf) {
+            return Ok(false);
+        }
+        h.update(&buf[..HASH_LEN]);
+    }
+    Ok(h.finalize().to_hex().as_str() == m.shard_digests[m.distribution[pos]])
+}
