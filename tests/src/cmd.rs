@@ -1,4 +1,5 @@
-//! Running external tools (`losetup`, `mkfs.ext4`) and blocking syscalls with a bound.
+//! Running external tools (`losetup`, `mkfs.ext4`, `ip`, `nft`) and blocking syscalls with a
+//! bound.
 
 use std::ffi::OsStr;
 use std::io::Read;
@@ -35,7 +36,7 @@ fn read_pipe(pipe: Option<impl Read + Send + 'static>) -> mpsc::Receiver<String>
     rx
 }
 
-fn wait_child(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
+pub(crate) fn wait_child(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
     let deadline = Instant::now() + timeout;
     loop {
         match child.try_wait() {
@@ -46,22 +47,37 @@ fn wait_child(child: &mut Child, timeout: Duration) -> Option<std::process::Exit
     }
 }
 
-/// Runs `program args...`, waiting at most `timeout`; returns its stdout.
-pub(crate) fn run(program: &str, args: &[&OsStr], timeout: Duration) -> Result<String> {
-    let cmdline = std::iter::once(OsStr::new(program))
-        .chain(args.iter().copied())
+/// The command line of `cmd`, for messages.
+pub(crate) fn describe(cmd: &Command) -> String {
+    std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
         .map(|a| a.to_string_lossy().into_owned())
         .collect::<Vec<_>>()
-        .join(" ");
-    let Some(exe) = find_tool(program) else {
-        return Err(HarnessError::Command {
-            cmd: cmdline,
-            status: None,
-            stderr: format!("`{program}` not found in PATH or {EXTRA_DIRS:?}"),
-        });
-    };
-    let mut child = Command::new(exe)
-        .args(args)
+        .join(" ")
+}
+
+/// Runs `program args...`, waiting at most `timeout`; returns its stdout.
+pub(crate) fn run(program: &str, args: &[&OsStr], timeout: Duration) -> Result<String> {
+    let mut cmd = Command::new(tool(program)?);
+    cmd.args(args);
+    run_command(cmd, timeout)
+}
+
+/// The full path of the system tool `program`, or a `Command` error naming where it was
+/// looked for.
+pub(crate) fn tool(program: &str) -> Result<PathBuf> {
+    find_tool(program).ok_or_else(|| HarnessError::Command {
+        cmd: program.to_owned(),
+        status: None,
+        stderr: format!("`{program}` not found in PATH or {EXTRA_DIRS:?}"),
+    })
+}
+
+/// Runs a prepared command (its stdio is replaced: no stdin, captured output), waiting at
+/// most `timeout`; returns its stdout.
+pub(crate) fn run_command(mut cmd: Command, timeout: Duration) -> Result<String> {
+    let cmdline = describe(&cmd);
+    let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -39,6 +39,40 @@ pub enum HarnessError {
         /// What was being waited for.
         what: String,
     },
+    /// A cluster spec, cluster config file or node command is invalid (caught before
+    /// anything is created).
+    #[error("invalid cluster configuration: {what}")]
+    Config {
+        /// What is wrong, naming the field.
+        what: String,
+    },
+    /// The cluster has no node of that name.
+    #[error("no node named {name:?} in cluster {cluster}")]
+    NoSuchNode {
+        /// The cluster's name.
+        cluster: String,
+        /// The name asked for.
+        name: String,
+    },
+    /// The operation does not apply to the node in its current power state (e.g. `poweron`
+    /// of a node that is on).
+    #[error("cannot {op} {node}: it is {state}")]
+    NodeState {
+        /// The node.
+        node: String,
+        /// The operation refused.
+        op: &'static str,
+        /// Its current state, for the message.
+        state: String,
+    },
+    /// The cluster state file (shared by separate CLI invocations) cannot be used.
+    #[error("cluster state file {path}: {what}")]
+    State {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What went wrong (missing, unparsable, locked by another invocation).
+        what: String,
+    },
 }
 
 fn describe_status(status: &Option<ExitStatus>) -> String {

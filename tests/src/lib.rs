@@ -46,16 +46,33 @@
 //!
 //! Declare fixtures in dependency order (`FaultFs`, then an `Ext4OnLoop` whose image lives
 //! on it) so they drop in reverse: the ext4 file system and loop device go first.
+//!
+//! # The cluster harness
+//!
+//! Remote-disk, erasure, lock and S3 tests need several storage nodes and a node that
+//! loses power. [`cluster::Cluster`] starts N node processes (any program: the caller gives
+//! a [`NodeCommand`]), each in its own network namespace ([`netns`]) joined to a bridge in a
+//! harness-owned hub namespace, each with M ext4-on-loop disks and a shared TOML config
+//! file ([`cluster::ClusterConfig`]). `poweroff` makes a node's namespace drop every packet
+//! (nftables) and stops its process; `poweron` kills it under the drop and starts it
+//! afresh. Test traffic never leaves the harness' namespaces, and a dropped (or panicking)
+//! cluster removes every namespace, table, mount, loop device and file it made. The
+//! `disk-io-cluster` binary (and `cargo xtask cluster`) drives the same harness from the
+//! command line; `disk-io-echo-node` is a stand-in node program.
 
+pub mod cluster;
 mod cmd;
 mod error;
 pub mod faultfs;
 pub mod loopdev;
 pub mod mounts;
+pub mod netns;
 pub mod privilege;
 pub mod scratch;
 
+pub use cluster::{Cluster, ClusterSpec, NodeCommand};
 pub use error::{HarnessError, Result};
 pub use faultfs::{FaultControl, FaultFs};
 pub use loopdev::{Ext4OnLoop, LoopDevice};
+pub use netns::Netns;
 pub use scratch::ScratchDir;

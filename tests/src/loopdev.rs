@@ -67,6 +67,33 @@ impl LoopDevice {
         Ok(device)
     }
 
+    /// Takes charge of an attached loop device (e.g. one an earlier process left, or one
+    /// recorded by [`persist`](Self::persist)): it is detached on drop.
+    pub fn adopt(path: &Path) -> Result<LoopDevice> {
+        let md =
+            fs::metadata(path).map_err(|e| io_context(format!("stat {}", path.display()), e))?;
+        if !md.file_type().is_block_device() {
+            return Err(HarnessError::Io(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("{} is not a block device", path.display()),
+            )));
+        }
+        let rdev = md.rdev();
+        Ok(LoopDevice {
+            path: path.to_path_buf(),
+            major: u32::try_from(nix::sys::stat::major(rdev)).unwrap_or(u32::MAX),
+            minor: u32::try_from(nix::sys::stat::minor(rdev)).unwrap_or(u32::MAX),
+            attached: true,
+        })
+    }
+
+    /// Gives up charge of the device: it stays attached after this value is gone (adopt it
+    /// again by path to detach it). Returns its path.
+    pub fn persist(mut self) -> PathBuf {
+        self.attached = false;
+        std::mem::take(&mut self.path)
+    }
+
     /// The device node, e.g. `/dev/loop3`.
     pub fn path(&self) -> &Path {
         &self.path
@@ -184,6 +211,31 @@ impl Ext4OnLoop {
         })
     }
 
+    /// Takes charge of an ext4 file system on the loop device `device` that may be mounted
+    /// at `mount_dir` (e.g. one recorded by [`persist`](Self::persist), or left by a crashed
+    /// run): drop unmounts it if it is mounted there, then detaches the device.
+    pub fn adopt(device: &Path, mount_dir: &Path) -> Result<Ext4OnLoop> {
+        let device = LoopDevice::adopt(device)?;
+        let mounted = crate::mounts::is_mounted(mount_dir)?;
+        Ok(Ext4OnLoop {
+            mount_dir: mount_dir.to_path_buf(),
+            mounted,
+            control: None,
+            device,
+        })
+    }
+
+    /// Gives up charge: the file system stays mounted and the device attached after this
+    /// value is gone. Returns `(device, mount_dir)`.
+    pub fn persist(mut self) -> (PathBuf, PathBuf) {
+        self.mounted = false;
+        self.device.attached = false;
+        (
+            std::mem::take(&mut self.device.path),
+            std::mem::take(&mut self.mount_dir),
+        )
+    }
+
     /// Remembers the control of the [`FaultFs`](crate::FaultFs) holding the image, so that
     /// drop resets its switches (releasing a hang) before unmounting.
     pub fn with_fault_control(mut self, control: FaultControl) -> Ext4OnLoop {
@@ -245,4 +297,26 @@ impl Drop for Ext4OnLoop {
         }
         // `self.device` is dropped (detached) right after this.
     }
+}
+
+/// Every attached loop device with its backing file, from sysfs (`/sys/block/loopN/loop/
+/// backing_file`; a deleted image shows with a ` (deleted)` suffix, which is removed here).
+pub fn attached_loop_devices() -> Result<Vec<(PathBuf, PathBuf)>> {
+    let entries = fs::read_dir("/sys/block").map_err(|e| io_context("listing /sys/block", e))?;
+    let mut found = Vec::new();
+    for entry in entries.filter_map(|e| e.ok()) {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if !name.starts_with("loop") {
+            continue;
+        }
+        let Ok(backing) = fs::read_to_string(entry.path().join("loop/backing_file")) else {
+            continue; // not attached
+        };
+        let backing = backing.trim_end_matches('\n');
+        let backing = backing.strip_suffix(" (deleted)").unwrap_or(backing);
+        found.push((Path::new("/dev").join(name), PathBuf::from(backing)));
+    }
+    found.sort();
+    Ok(found)
 }

@@ -18,25 +18,37 @@ fn missing(what: impl Into<String>, hint: impl Into<String>) -> HarnessError {
     }
 }
 
-fn has_sys_admin() -> bool {
+/// `CAP_NET_ADMIN` bit: network namespaces' links, addresses and nftables.
+const CAP_NET_ADMIN: u32 = 12;
+
+/// Whether the effective capability set holds `cap`; `true` when it cannot be read (the
+/// operation itself then reports the problem).
+fn has_cap(cap: u32) -> bool {
     let Ok(status) = fs::read_to_string("/proc/self/status") else {
-        // Cannot tell; let the mount itself report the problem.
         return true;
     };
     status
         .lines()
         .find_map(|line| line.strip_prefix("CapEff:"))
         .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-        .is_none_or(|caps| caps & (1 << CAP_SYS_ADMIN) != 0)
+        .is_none_or(|caps| caps & (1 << cap) != 0)
+}
+
+fn has_sys_admin() -> bool {
+    has_cap(CAP_SYS_ADMIN)
 }
 
 /// Requires an effective uid of 0 with `CAP_SYS_ADMIN` (mount, loop devices).
 pub fn require_root() -> Result<()> {
+    require_root_for("this test mounts FUSE and ext4 file systems and attaches loop devices")
+}
+
+/// [`require_root`], with `why` in the message.
+fn require_root_for(why: &str) -> Result<()> {
     if !nix::unistd::geteuid().is_root() {
         return Err(missing(
             "root (effective uid 0 with CAP_SYS_ADMIN)",
-            "this test mounts FUSE and ext4 file systems and attaches loop devices; \
-             run it as root, as CI does (e.g. `sudo -E cargo test`)",
+            format!("{why}; run it as root, as CI does (e.g. `sudo -E cargo test`)"),
         ));
     }
     if !has_sys_admin() {
@@ -142,4 +154,53 @@ pub fn require_bpf() -> Result<()> {
         ));
     }
     Ok(())
+}
+
+fn require_tool(command: &str, package: &str, why: &str) -> Result<()> {
+    if find_tool(command).is_some() {
+        return Ok(());
+    }
+    Err(missing(
+        format!("the `{command}` tool ({why})"),
+        format!(
+            "install {package} (`apt-get install {package}`, or `cargo xtask setup`, \
+             which installs it)"
+        ),
+    ))
+}
+
+/// Requires what creating network namespaces, bridges and veth pairs needs: root with
+/// `CAP_SYS_ADMIN` and `CAP_NET_ADMIN`, and iproute2's `ip` and `ss`.
+pub fn require_netns() -> Result<()> {
+    require_root_for(
+        "the cluster harness creates network namespaces, nftables rules, loop devices \
+         and mounts",
+    )?;
+    if !has_cap(CAP_NET_ADMIN) {
+        return Err(missing(
+            "CAP_NET_ADMIN (running as root, but without it)",
+            "the cluster harness creates network namespaces, veth pairs and a bridge; \
+             run on the host or in a privileged container, as CI does",
+        ));
+    }
+    require_tool("ip", "iproute2", "network namespaces, veth pairs, bridges")?;
+    require_tool("ss", "iproute2", "destroying a powered-off node's sockets")
+}
+
+/// Requires the `nft` tool (a powered-off node's namespace drops every packet through an
+/// nftables table) on top of [`require_netns`].
+pub fn require_nft() -> Result<()> {
+    require_netns()?;
+    require_tool(
+        "nft",
+        "nftables",
+        "dropping every packet of a powered-off node",
+    )
+}
+
+/// Requires everything a [`Cluster`](crate::cluster::Cluster) needs: network namespaces,
+/// nftables, loop devices and `mkfs.ext4`.
+pub fn require_cluster() -> Result<()> {
+    require_nft()?;
+    require_ext4_on_loop()
 }

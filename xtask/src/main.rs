@@ -8,6 +8,7 @@
 //! * `bench-deadline`  deadline overshoot and fail-fast latency (prints figures)
 //! * `build-ebpf`  setup, then build the eBPF probes from source (`ebpf.rs`)
 //! * `bench-probes`  fio 4 KiB randread with and without the probes (prints the ratio)
+//! * `cluster`  the cluster harness CLI (`up|status|poweroff NODE|poweron NODE|down`, ...)
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -34,6 +35,7 @@ fn main() -> ExitCode {
         "build-ebpf" => setup::ensure().and_then(|()| ebpf::build(rest)),
         "bench-probes" => setup::ensure()
             .and_then(|()| cargo_run("probes-ebpf-loader", &["--example", "bench-probes"], rest)),
+        "cluster" => setup::ensure().and_then(|()| cluster(rest)),
         "help" | "-h" | "--help" => {
             usage();
             Ok(())
@@ -58,7 +60,9 @@ fn usage() {
          \n  bench [fio-style options]  setup, then the fio-style bench engine (`cargo xtask bench --help`)\
          \n  bench-deadline   setup, then measure deadline overshoot and fail-fast latency\
          \n  build-ebpf       setup (incl. nightly rust-src, bpf-linker), then build the eBPF probes from source\
-         \n  bench-probes     setup, then fio 4 KiB randread QD32 with and without the probes (ratio)"
+         \n  bench-probes     setup, then fio 4 KiB randread QD32 with and without the probes (ratio)\
+         \n  cluster up|status|poweroff NODE|poweron NODE|kill NODE|restart NODE|logs NODE|down\
+         \n                   setup, then the cluster harness CLI (`cargo xtask cluster --help`)"
     );
 }
 
@@ -74,6 +78,23 @@ fn cargo_run(package: &str, target: &[&str], rest: &[String]) -> Result<(), Stri
 
 fn demo(rest: &[String]) -> Result<(), String> {
     cargo_run("disk-io-harness", &["--example", "demo"], rest)
+}
+
+/// The cluster harness CLI. The node binaries are built first: `up` without a command
+/// runs the echo stand-in built next to the CLI.
+fn cluster(rest: &[String]) -> Result<(), String> {
+    run(cargo().args(["build", "--quiet", "-p", "disk-io-harness", "--bins"]))?;
+    run(cargo()
+        .args([
+            "run",
+            "--quiet",
+            "-p",
+            "disk-io-harness",
+            "--bin",
+            "disk-io-cluster",
+            "--",
+        ])
+        .args(rest))
 }
 
 fn bench(rest: &[String]) -> Result<(), String> {

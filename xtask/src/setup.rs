@@ -37,6 +37,21 @@ const TOOLS: &[Tool] = &[
         why: "`promtool check metrics` on the probe loader's /metrics (tests)",
     },
     Tool {
+        command: "ip",
+        package: "iproute2",
+        why: "network namespaces, veth pairs and bridges of the cluster harness",
+    },
+    Tool {
+        command: "ss",
+        package: "iproute2",
+        why: "destroying a powered-off node's sockets (cluster harness)",
+    },
+    Tool {
+        command: "nft",
+        package: "nftables",
+        why: "a powered-off node's namespace drops every packet (cluster harness)",
+    },
+    Tool {
         command: "mkfifo",
         package: "coreutils",
         why: "FIFO format-file test",
@@ -46,7 +61,9 @@ const TOOLS: &[Tool] = &[
 pub(crate) fn ensure() -> Result<(), String> {
     let missing: Vec<&Tool> = TOOLS.iter().filter(|t| !answers(t.command)).collect();
     if !missing.is_empty() {
-        let packages: Vec<&str> = missing.iter().map(|t| t.package).collect();
+        let mut packages: Vec<&str> = missing.iter().map(|t| t.package).collect();
+        packages.sort_unstable();
+        packages.dedup();
         for t in &missing {
             eprintln!(
                 "setup: {} missing ({}), installing {}",
