@@ -1,0 +1,2 @@
+//! `disk-io-node`: placeholder until the serve command lands.
+fn main() {}
