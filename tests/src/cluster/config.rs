@@ -22,5 +22,7 @@ pub(crate) fn validate_sets(
     set_size: usize,
     parity: usize,
 ) -> crate::error::Result<()> {
-    Ok(disk_io_rpc::cluster::validate_sets(disks, set_size, parity)?)
+    Ok(disk_io_rpc::cluster::validate_sets(
+        disks, set_size, parity,
+    )?)
 }
