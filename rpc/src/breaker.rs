@@ -42,6 +42,7 @@ pub struct Breaker {
     failures: u32,
     misses: u32,
     open_until: Instant,
+    last_answer: Option<Instant>,
     probe_out: bool,
     opened: u64,
     rng: StdRng,
@@ -56,6 +57,7 @@ impl Breaker {
             failures: 0,
             misses: 0,
             open_until: now,
+            last_answer: None,
             probe_out: false,
             opened: 0,
             rng: StdRng::seed_from_u64(seed),
@@ -116,6 +118,9 @@ impl Breaker {
     /// answer (unreachable, no answer by the deadline); an answered error
     /// is a success here.
     pub fn on_call(&mut self, peer_failed: bool, now: Instant) {
+        if !peer_failed {
+            self.last_answer = Some(now);
+        }
         match (self.state, peer_failed) {
             (BreakerState::Closed, false) => self.failures = 0,
             (BreakerState::Closed, true) => {
@@ -147,6 +152,13 @@ impl Breaker {
             }
             return;
         }
+        let progressing = self
+            .last_answer
+            .is_some_and(|t| now.saturating_duration_since(t) < self.cfg.progress_window);
+        if progressing && self.state == BreakerState::Closed {
+            // The peer answers data calls: it is alive, only busy.
+            return;
+        }
         self.misses += 1;
         match self.state {
             BreakerState::Closed if self.misses >= self.cfg.heartbeat_misses => self.open(now),
@@ -167,6 +179,7 @@ mod tests {
             heartbeat_misses: 2,
             open_for: Duration::from_millis(100),
             jitter: 0.5,
+            progress_window: Duration::from_millis(500),
         }
     }
 
@@ -226,5 +239,20 @@ mod tests {
         assert_eq!(b.state(), BreakerState::Open);
         b.on_heartbeat(true, t0 + Duration::from_millis(151));
         assert_eq!(b.state(), BreakerState::Closed);
+    }
+
+    #[test]
+    fn missed_heartbeats_do_not_count_while_data_calls_are_answered() {
+        let t0 = Instant::now();
+        let mut b = Breaker::new(cfg(), t0, 5);
+        b.on_call(false, t0);
+        for ms in [100, 200, 300, 400] {
+            b.on_heartbeat(false, t0 + Duration::from_millis(ms));
+        }
+        assert_eq!(b.state(), BreakerState::Closed, "busy, not dead");
+        // Answers stop: the misses count again.
+        b.on_heartbeat(false, t0 + Duration::from_millis(600));
+        b.on_heartbeat(false, t0 + Duration::from_millis(700));
+        assert_eq!(b.state(), BreakerState::Open);
     }
 }

@@ -19,6 +19,10 @@ pub struct BreakerConfig {
     /// Random extra time open, as a fraction of `open_for` (0.0..=1.0), so
     /// that many clients do not probe a returning peer in lock step.
     pub jitter: f64,
+    /// A missed heartbeat does not count while the peer answered a data
+    /// call this recently: a peer busy with bulk transfers (whose
+    /// heartbeats queue behind them on a loaded machine) is alive.
+    pub progress_window: Duration,
 }
 
 impl Default for BreakerConfig {
@@ -28,6 +32,7 @@ impl Default for BreakerConfig {
             heartbeat_misses: 2,
             open_for: Duration::from_millis(250),
             jitter: 0.2,
+            progress_window: Duration::from_millis(300),
         }
     }
 }
