@@ -139,8 +139,10 @@ async fn run_remote(config: &Path, cmd: &Cmd, deadline: Deadline) -> Result<Valu
         cluster.secret.as_bytes(),
         RpcConfig::default(),
     )?;
-    let mut health = disk_io::HealthConfig::default();
-    health.probe_interval = Duration::ZERO;
+    let health = disk_io::HealthConfig {
+        probe_interval: Duration::ZERO,
+        ..Default::default()
+    };
     let disk = peer.disk(index, health, Vec::new());
     match cmd {
         Cmd::Id { .. } => Ok(json!({ "disk_id": disk.disk_id(deadline).await? })),
