@@ -21,6 +21,12 @@ use crate::faultfs::FaultControl;
 const LOSETUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bound for `mkfs.ext4`; it writes every inode table through FUSE.
 const MKFS_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long detaching a pinned (adopted) device waits for the kernel to clear it once our
+/// descriptor is closed; a device still open elsewhere (a lazily unmounted file system)
+/// clears by itself later.
+const CLEAR_WAIT: Duration = Duration::from_secs(5);
+/// Poll interval of that wait.
+const CLEAR_POLL: Duration = Duration::from_millis(5);
 /// Bound for the ext4 mount and unmount syscalls.
 const MOUNT_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -31,6 +37,10 @@ pub struct LoopDevice {
     major: u32,
     minor: u32,
     attached: bool,
+    /// For an adopted device: an open descriptor that pins its binding (a detach by
+    /// anyone else only marks it to clear on last close, so the number cannot be handed
+    /// to another image while we hold it), and the backing file it had.
+    pinned: Option<(File, PathBuf)>,
 }
 
 impl LoopDevice {
@@ -51,6 +61,7 @@ impl LoopDevice {
             major: 0,
             minor: 0,
             attached: true,
+            pinned: None,
         };
         let md = fs::metadata(&device.path)
             .map_err(|e| io_context(format!("stat {}", device.path.display()), e))?;
@@ -68,29 +79,59 @@ impl LoopDevice {
     }
 
     /// Takes charge of an attached loop device (e.g. one an earlier process left, or one
-    /// recorded by [`persist`](Self::persist)): it is detached on drop.
+    /// recorded by [`persist`](Self::persist)): it is detached on drop. The device is held
+    /// open from here on, so its binding cannot change under us; check
+    /// [`pinned_backing`](Self::pinned_backing) (or use [`adopt_backed_by`](Self::adopt_backed_by))
+    /// to be sure it is the device you mean.
     pub fn adopt(path: &Path) -> Result<LoopDevice> {
-        let md =
-            fs::metadata(path).map_err(|e| io_context(format!("stat {}", path.display()), e))?;
+        let hold =
+            File::open(path).map_err(|e| io_context(format!("open {}", path.display()), e))?;
+        let md = hold
+            .metadata()
+            .map_err(|e| io_context(format!("stat {}", path.display()), e))?;
         if !md.file_type().is_block_device() {
             return Err(HarnessError::Io(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
                 format!("{} is not a block device", path.display()),
             )));
         }
+        let backing = backing_file(path)?;
         let rdev = md.rdev();
         Ok(LoopDevice {
             path: path.to_path_buf(),
             major: u32::try_from(nix::sys::stat::major(rdev)).unwrap_or(u32::MAX),
             minor: u32::try_from(nix::sys::stat::minor(rdev)).unwrap_or(u32::MAX),
-            attached: true,
+            attached: backing.is_some(),
+            pinned: backing.map(|b| (hold, b)),
         })
+    }
+
+    /// [`adopt`](Self::adopt)s `path` only if it is attached to `backing` (device numbers
+    /// are reused: a recorded `/dev/loop7` may by now belong to someone else's image).
+    pub fn adopt_backed_by(path: &Path, backing: &Path) -> Result<Option<LoopDevice>> {
+        if !path.exists() {
+            return Ok(None);
+        }
+        let device = LoopDevice::adopt(path)?;
+        if device.pinned_backing() == Some(backing) {
+            Ok(Some(device))
+        } else {
+            // Not ours: let go without detaching.
+            device.persist();
+            Ok(None)
+        }
+    }
+
+    /// The backing file an adopted device had when it was adopted.
+    pub fn pinned_backing(&self) -> Option<&Path> {
+        self.pinned.as_ref().map(|(_, backing)| backing.as_path())
     }
 
     /// Gives up charge of the device: it stays attached after this value is gone (adopt it
     /// again by path to detach it). Returns its path.
     pub fn persist(mut self) -> PathBuf {
         self.attached = false;
+        self.pinned = None;
         std::mem::take(&mut self.path)
     }
 
@@ -124,12 +165,30 @@ impl LoopDevice {
             return Ok(());
         }
         self.attached = false;
-        cmd::run(
+        let detached = cmd::run(
             "losetup",
             &[OsStr::new("-d"), self.path.as_os_str()],
             LOSETUP_TIMEOUT,
         )
-        .map(drop)
+        .map(drop);
+        // Pinned: the detach above only marked the device; closing our descriptor clears
+        // it. Wait for that, so the caller sees it gone.
+        if let Some((hold, backing)) = self.pinned.take() {
+            drop(hold);
+            let deadline = std::time::Instant::now() + CLEAR_WAIT;
+            while backing_file(&self.path).ok().flatten().as_deref() == Some(backing.as_path()) {
+                if std::time::Instant::now() >= deadline {
+                    return Err(HarnessError::Timeout {
+                        what: format!(
+                            "{} to clear within {CLEAR_WAIT:?} (still open: it clears on last close)",
+                            self.path.display()
+                        ),
+                    });
+                }
+                std::thread::sleep(CLEAR_POLL);
+            }
+        }
+        detached
     }
 }
 
@@ -213,16 +272,43 @@ impl Ext4OnLoop {
 
     /// Takes charge of an ext4 file system on the loop device `device` that may be mounted
     /// at `mount_dir` (e.g. one recorded by [`persist`](Self::persist), or left by a crashed
-    /// run): drop unmounts it if it is mounted there, then detaches the device.
+    /// run): drop unmounts it if `device` is what is mounted there, then detaches the
+    /// device (pinned open meanwhile, see [`LoopDevice::adopt`]).
     pub fn adopt(device: &Path, mount_dir: &Path) -> Result<Ext4OnLoop> {
         let device = LoopDevice::adopt(device)?;
-        let mounted = crate::mounts::is_mounted(mount_dir)?;
+        let mounted = crate::mounts::mount_at(mount_dir)?
+            .is_some_and(|m| Path::new(&m.source) == device.path());
         Ok(Ext4OnLoop {
             mount_dir: mount_dir.to_path_buf(),
             mounted,
             control: None,
             device,
         })
+    }
+
+    /// Whether the file system is (still) mounted by this value.
+    pub fn is_mounted(&self) -> bool {
+        self.mounted
+    }
+
+    /// [`adopt`](Self::adopt) only if `device` is still attached to `image`; `None` (and
+    /// nothing touched) otherwise.
+    pub fn adopt_backed_by(
+        device: &Path,
+        mount_dir: &Path,
+        image: &Path,
+    ) -> Result<Option<Ext4OnLoop>> {
+        let Some(device) = LoopDevice::adopt_backed_by(device, image)? else {
+            return Ok(None);
+        };
+        let mounted = crate::mounts::mount_at(mount_dir)?
+            .is_some_and(|m| Path::new(&m.source) == device.path());
+        Ok(Some(Ext4OnLoop {
+            mount_dir: mount_dir.to_path_buf(),
+            mounted,
+            control: None,
+            device,
+        }))
     }
 
     /// Gives up charge: the file system stays mounted and the device attached after this
@@ -299,6 +385,26 @@ impl Drop for Ext4OnLoop {
     }
 }
 
+/// The backing file of loop device `device` (`None` when it is not attached), from sysfs.
+pub fn backing_file(device: &Path) -> Result<Option<PathBuf>> {
+    let Some(name) = device.file_name().and_then(|n| n.to_str()) else {
+        return Ok(None);
+    };
+    match fs::read_to_string(Path::new("/sys/block").join(name).join("loop/backing_file")) {
+        Ok(text) => Ok(Some(clean_backing(&text))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_context(
+            format!("backing file of {}", device.display()),
+            e,
+        )),
+    }
+}
+
+fn clean_backing(text: &str) -> PathBuf {
+    let text = text.trim_end_matches('\n');
+    PathBuf::from(text.strip_suffix(" (deleted)").unwrap_or(text))
+}
+
 /// Every attached loop device with its backing file, from sysfs (`/sys/block/loopN/loop/
 /// backing_file`; a deleted image shows with a ` (deleted)` suffix, which is removed here).
 pub fn attached_loop_devices() -> Result<Vec<(PathBuf, PathBuf)>> {
@@ -313,9 +419,7 @@ pub fn attached_loop_devices() -> Result<Vec<(PathBuf, PathBuf)>> {
         let Ok(backing) = fs::read_to_string(entry.path().join("loop/backing_file")) else {
             continue; // not attached
         };
-        let backing = backing.trim_end_matches('\n');
-        let backing = backing.strip_suffix(" (deleted)").unwrap_or(backing);
-        found.push((Path::new("/dev").join(name), PathBuf::from(backing)));
+        found.push((Path::new("/dev").join(name), clean_backing(&backing)));
     }
     found.sort();
     Ok(found)

@@ -429,15 +429,23 @@ pub fn list(prefix: &str) -> Result<Vec<String>> {
     Ok(names)
 }
 
-/// Deletes the namespace `name` (`ip netns del`).
+/// Deletes the namespace `name` (`ip netns del`). Idempotent: a namespace that is gone
+/// already (e.g. removed by a concurrent sweep) is not an error.
 pub fn delete_named(name: &str, timeout: Duration) -> Result<()> {
     validate_name(name)?;
-    cmd::run(
+    let path = Path::new(NETNS_DIR).join(name);
+    if !path.exists() {
+        return Ok(());
+    }
+    match cmd::run(
         "ip",
         &[OsStr::new("netns"), OsStr::new("del"), OsStr::new(name)],
         timeout,
-    )
-    .map(drop)
+    ) {
+        Ok(_) => Ok(()),
+        Err(_) if !path.exists() => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 /// Processes whose `/proc/PID/ns/net` is the namespace `id` (`(dev, inode)`).

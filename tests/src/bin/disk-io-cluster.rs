@@ -192,14 +192,24 @@ fn run(cli: &Cli) -> Result<()> {
             command,
         } => {
             let cluster = Cluster::attach(load(&cli.state)?)?;
-            run_inside(&cluster.node_netns(node)?, command, *timeout_secs)
+            run_inside(
+                &cluster.node_netns(node)?,
+                command,
+                *timeout_secs,
+                cluster.spec().timeouts.poll,
+            )
         }
         Cmd::Client {
             timeout_secs,
             command,
         } => {
             let cluster = Cluster::attach(load(&cli.state)?)?;
-            run_inside(&cluster.client_netns()?, command, *timeout_secs)
+            run_inside(
+                &cluster.client_netns()?,
+                command,
+                *timeout_secs,
+                cluster.spec().timeouts.poll,
+            )
         }
         Cmd::Down { label } => down(cli, label),
     }
@@ -328,7 +338,12 @@ fn print_status(cli: &Cli, status: &disk_io_harness::cluster::ClusterStatus) -> 
     Ok(())
 }
 
-fn run_inside(ns: &disk_io_harness::Netns, command: &[String], timeout_secs: u64) -> Result<()> {
+fn run_inside(
+    ns: &disk_io_harness::Netns,
+    command: &[String],
+    timeout_secs: u64,
+    poll: Duration,
+) -> Result<()> {
     let Some((program, args)) = command.split_first() else {
         return Err(HarnessError::Config {
             what: "no command given".into(),
@@ -357,7 +372,7 @@ fn run_inside(ns: &disk_io_harness::Netns, command: &[String], timeout_secs: u64
                 what: format!("`{}` within {timeout_secs} s", command.join(" ")),
             });
         }
-        thread::sleep(Duration::from_millis(20));
+        thread::sleep(poll);
     }
 }
 
@@ -382,7 +397,7 @@ fn lock(state: &Path, timeout: Duration, poll: Duration) -> Result<Flock<File>> 
         match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             Ok(lock) => return Ok(lock),
             Err((_, nix::errno::Errno::EWOULDBLOCK)) if Instant::now() < deadline => {
-                thread::sleep(poll.max(Duration::from_millis(50)));
+                thread::sleep(poll);
             }
             Err((_, e)) => {
                 return Err(state_error(

@@ -1129,13 +1129,14 @@ impl Cluster {
         }
         if !self.owned {
             // An attached cluster holds no fixtures: adopt the recorded disks.
+            // Only devices still attached to the recorded image: a freed device number may
+            // belong to someone else by now.
             for node in &self.state.nodes {
                 for d in &node.disks {
-                    if d.device.exists() {
-                        note(
-                            Ext4OnLoop::adopt(&d.device, &d.mount_dir)
-                                .and_then(Ext4OnLoop::unmount),
-                        );
+                    match Ext4OnLoop::adopt_backed_by(&d.device, &d.mount_dir, &d.image) {
+                        Ok(Some(disk)) => note(disk.unmount()),
+                        Ok(None) => {}
+                        Err(e) => note(Err(e)),
                     }
                 }
             }

@@ -143,15 +143,26 @@ pub fn remove(left: &Leftovers, timeouts: &ClusterTimeouts) -> Result<()> {
             first_error.get_or_insert(e);
         }
     };
-    for &pid in &left.processes {
-        if let Some(start) = start_ticks_of(pid) {
-            note(NodeProcess::adopt(pid, start).kill_and_reap(timeouts.reap, timeouts.poll));
+    // Processes as they are now (a pid listed earlier may have exited and been reused).
+    for name in &left.netns {
+        let Ok(ns) = netns::Netns::open(name, timeouts.tool) else {
+            continue; // deleted meanwhile, by whoever killed its processes
+        };
+        for pid in ns.pids().unwrap_or_default() {
+            if let Some(start) = start_ticks_of(pid) {
+                note(NodeProcess::adopt(pid, start).kill_and_reap(timeouts.reap, timeouts.poll));
+            }
         }
     }
     for name in &left.netns {
         note(netns::delete_named(name, timeouts.tool));
     }
-    // Deepest first, so nested mounts come off before their parents.
+    // Deepest first, so nested mounts come off before their parents. Another remover (a
+    // parallel sweep) may act on the same leftovers: each step checks it is still ours.
+    let ours = |path: &Path| {
+        path.components()
+            .any(|c| c.as_os_str() == left.cluster.as_str())
+    };
     let mut mounts = left.mounts.clone();
     mounts.sort_by_key(|(point, _)| std::cmp::Reverse(point.components().count()));
     for (point, source) in &mounts {
@@ -160,34 +171,41 @@ pub fn remove(left: &Leftovers, timeouts: &ClusterTimeouts) -> Result<()> {
             .file_name()
             .and_then(|n| n.to_str())
             .is_some_and(|n| n.starts_with("loop"));
-        if loop_source {
-            note(Ext4OnLoop::adopt(source, point).and_then(Ext4OnLoop::unmount));
-        } else {
+        if !loop_source {
             mounts::detach_below(point);
+            continue;
+        }
+        match Ext4OnLoop::adopt(source, point) {
+            // Still mounted there, or still backed by one of our images: ours.
+            Ok(disk)
+                if disk.is_mounted() || disk.loop_device().pinned_backing().is_some_and(ours) =>
+            {
+                note(disk.unmount());
+            }
+            Ok(disk) => drop(disk.persist()),
+            Err(_) if !source.exists() => {}
+            Err(e) => note(Err(e)),
         }
     }
-    for (device, _) in &left.loop_devices {
-        // Still attached (the unmount above detached those it mounted).
-        if device.exists() && is_still_attached(device) {
-            note(LoopDevice::adopt(device).and_then(LoopDevice::detach));
+    for (device, backing) in &left.loop_devices {
+        // Only if it still holds the same image: the unmounts above detached theirs, and
+        // a freed device number may already be someone else's.
+        match LoopDevice::adopt_backed_by(device, backing) {
+            Ok(Some(ours)) => note(ours.detach()),
+            Ok(None) => {}
+            Err(e) => note(Err(e)),
         }
     }
     if let Some(dir) = &left.work_dir {
         mounts::detach_below(dir);
-        if dir.exists() {
-            note(
-                fs::remove_dir_all(dir)
-                    .map_err(|e| io_context(format!("removing {}", dir.display()), e)),
-            );
+        match fs::remove_dir_all(dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                note(Err(io_context(format!("removing {}", dir.display()), e)));
+            }
+            _ => {}
         }
     }
     first_error.map_or(Ok(()), Err)
-}
-
-fn is_still_attached(device: &Path) -> bool {
-    attached_loop_devices()
-        .map(|all| all.iter().any(|(d, _)| d == device))
-        .unwrap_or(true)
 }
 
 /// Names of clusters under `prefix` whose owning process is dead (namespaces or work
@@ -218,13 +236,20 @@ pub fn sweep_stale(
     timeouts: &ClusterTimeouts,
 ) -> Result<Vec<Leftovers>> {
     let mut removed = Vec::new();
+    let mut first_error = None;
     for cluster in stale_clusters(prefix, work_root)? {
-        let left = leftovers(&cluster, work_root, timeouts.tool)?;
-        tracing::info!(?left, "sweeping a stale cluster");
-        remove(&left, timeouts)?;
-        removed.push(left);
+        let outcome = leftovers(&cluster, work_root, timeouts.tool).and_then(|left| {
+            tracing::info!(?left, "sweeping a stale cluster");
+            remove(&left, timeouts).map(|()| left)
+        });
+        match outcome {
+            Ok(left) => removed.push(left),
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
     }
-    Ok(removed)
+    first_error.map_or(Ok(removed), Err)
 }
 
 #[cfg(test)]
