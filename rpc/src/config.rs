@@ -52,6 +52,9 @@ pub struct RpcConfig {
     /// Requests running at once on the server (all connections); past it
     /// the answer is `Busy`.
     pub max_in_flight: usize,
+    /// Connections open at once; a connection past it is closed as soon
+    /// as it is accepted.
+    pub max_connections: usize,
     /// Requests running at once from one connection; past it `Busy`.
     pub max_in_flight_per_connection: usize,
     /// HTTP/2 streams a client may open on one connection (the transport's
@@ -99,6 +102,7 @@ impl Default for RpcConfig {
             server_caps: OpTimeouts::default(),
             max_message_bytes: 8 << 20,
             max_in_flight: 512,
+            max_connections: 1024,
             max_in_flight_per_connection: 128,
             max_streams_per_connection: 256,
             max_sessions: 1024,
@@ -121,8 +125,9 @@ impl RpcConfig {
     /// Why this configuration cannot work, if it cannot (names the field).
     pub fn check(&self) -> Result<(), String> {
         self.server_caps.check()?;
-        let positive: [(&str, bool); 12] = [
+        let positive: [(&str, bool); 13] = [
             ("max_message_bytes", self.max_message_bytes > 0),
+            ("max_connections", self.max_connections > 0),
             ("max_in_flight", self.max_in_flight > 0),
             (
                 "max_in_flight_per_connection",

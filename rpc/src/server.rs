@@ -10,8 +10,10 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use disk_io_api::{CreateOptions, Deadline, DeleteOptions, Disk, DiskError, OpClass, ShardWriter};
@@ -36,6 +38,62 @@ pub struct ServerStats {
     pub busy: AtomicU64,
     /// Requests run.
     pub served: AtomicU64,
+    /// Connections closed at accept because `max_connections` were open.
+    pub refused_connections: AtomicU64,
+}
+
+/// An accepted connection holding one of the server's connection slots.
+struct Conn {
+    stream: tokio::net::TcpStream,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl tonic::transport::server::Connected for Conn {
+    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.stream.connect_info()
+    }
+}
+
+impl tokio::io::AsyncRead for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
 }
 
 struct SessionEntry {
@@ -141,15 +199,25 @@ impl RpcServer {
     ) -> Result<(), ServeError> {
         let cfg = self.inner.cfg.clone();
         let user_timeout = cfg.tcp_user_timeout;
+        let slots = Arc::new(Semaphore::new(cfg.max_connections));
+        let stats = self.inner.stats.clone();
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).filter_map(
             move |accepted| match accepted {
                 Ok(stream) => {
+                    let Ok(slot) = slots.clone().try_acquire_owned() else {
+                        // Dropping the stream closes it: a bounded server.
+                        stats.refused_connections.fetch_add(1, Ordering::Relaxed);
+                        return None;
+                    };
                     let sock = socket2::SockRef::from(&stream);
                     if let Err(e) = sock.set_tcp_user_timeout(Some(user_timeout)) {
                         tracing::warn!(error = %e, "TCP_USER_TIMEOUT not set on an accepted socket");
                     }
                     let _ = stream.set_nodelay(true);
-                    Some(Ok::<_, std::io::Error>(stream))
+                    Some(Ok::<_, std::io::Error>(Conn {
+                        stream,
+                        _slot: slot,
+                    }))
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");

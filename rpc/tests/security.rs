@@ -218,3 +218,48 @@ async fn concurrency_limits_answer_busy() {
     );
     assert!(s.server.stats().busy.load(Ordering::Relaxed) >= 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_limit_are_closed_and_slots_come_back() {
+    let (_d, disk) = temp_disk().await;
+    disk.make_vol("v", dl()).await.unwrap();
+    disk.write_all("v", "f", b"hello", dl()).await.unwrap();
+    let cfg = RpcConfig {
+        max_connections: 2,
+        ..RpcConfig::default()
+    };
+    let s = serve(vec![Arc::new(disk)], cfg).await;
+    let a = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    let b = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    let mut c = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    let mut buf = [0u8; 16];
+    let closed = tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "the third connection is closed: {closed:?}"
+    );
+    assert_eq!(
+        s.server.stats().refused_connections.load(Ordering::Relaxed),
+        1
+    );
+    drop((a, b));
+    // The slots are given back once the server sees the two close.
+    let until = Deadline::after(Duration::from_secs(5));
+    loop {
+        let r = remote(s.addr, SECRET, RpcConfig::default(), 0);
+        match r
+            .read_all("v", "f", Deadline::after(Duration::from_millis(500)))
+            .await
+        {
+            Ok(data) => {
+                assert_eq!(data, b"hello");
+                break;
+            }
+            Err(e) if !until.is_expired() => {
+                assert!(e.is_unavailable(), "{e:?}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("no slot came back: {e:?}"),
+        }
+    }
+}
