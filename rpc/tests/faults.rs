@@ -7,35 +7,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use disk_io::{CreateOptions, Deadline, Disk, DiskConfig, DiskError, LocalDisk};
-use disk_io_harness::{privilege, FaultFs};
+use disk_io::{CreateOptions, Deadline, Disk, DiskError};
 use disk_io_rpc::RpcConfig;
 
 mod common;
-use common::{dl, remote, serve, SECRET};
+use common::{dl, fuse_disk, remote, serve, SECRET};
 
 const SLACK: Duration = Duration::from_millis(400);
-
-async fn fuse_disk() -> (disk_io_harness::ScratchDir, FaultFs, Arc<LocalDisk>) {
-    privilege::require_root().expect("this test mounts FUSE");
-    privilege::require_fuse().expect("this test mounts FUSE");
-    let (scratch, fs) = FaultFs::mount_scratch().expect("mount faultfs");
-    let mut cfg = DiskConfig::default();
-    cfg.health.faulty_after_misses = u32::MAX;
-    cfg.health.probe_interval = Duration::ZERO;
-    cfg.disk_id_cache_ttl = Duration::ZERO;
-    let disk = LocalDisk::builder(fs.mountpoint())
-        .config(cfg)
-        .open(dl())
-        .await
-        .expect("open disk on faultfs");
-    disk.format(0, 1, false, dl()).await.expect("format");
-    disk.make_vol("v", dl()).await.expect("make_vol");
-    disk.write_all("v", "meta", b"old", dl())
-        .await
-        .expect("write_all");
-    (scratch, fs, Arc::new(disk))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_space_is_no_space_remotely_too() {

@@ -6,8 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use disk_io::{Deadline, Disk, DiskConfig, DiskError, LocalDisk, OpClass};
-use disk_io_harness::{privilege, FaultFs};
+use disk_io::{Deadline, Disk, DiskError, OpClass};
 use disk_io_rpc::proto::disk_service_client::DiskServiceClient;
 use disk_io_rpc::proto::PathRequest;
 use disk_io_rpc::{auth, methods, wire, RpcConfig};
@@ -16,7 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::Request;
 
 mod common;
-use common::{dl, remote, serve, temp_disk, Served, SECRET};
+use common::{dl, fuse_disk, remote, serve, temp_disk, Served, SECRET};
 
 async fn served() -> (tempfile::TempDir, Served) {
     let (dir, disk) = temp_disk().await;
@@ -158,26 +157,14 @@ async fn an_oversized_message_is_rejected_and_the_server_keeps_serving() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrency_limits_answer_busy() {
-    privilege::require_root().expect("this test mounts FUSE");
-    privilege::require_fuse().expect("this test mounts FUSE");
-    let (_scratch, fs) = FaultFs::mount_scratch().expect("mount faultfs");
+    let (_scratch, fs, disk) = fuse_disk().await;
     let ctl = fs.control();
-    let mut dcfg = DiskConfig::default();
-    dcfg.health.faulty_after_misses = u32::MAX;
-    dcfg.health.probe_interval = Duration::ZERO;
-    let disk = LocalDisk::builder(fs.mountpoint())
-        .config(dcfg)
-        .open(dl())
-        .await
-        .unwrap();
-    disk.make_vol("v", dl()).await.unwrap();
-    disk.write_all("v", "f", b"hello", dl()).await.unwrap();
     let cfg = RpcConfig {
         max_in_flight: 3,
         max_in_flight_per_connection: 2,
         ..RpcConfig::default()
     };
-    let s = serve(vec![Arc::new(disk) as Arc<dyn Disk>], cfg).await;
+    let s = serve(vec![disk as Arc<dyn Disk>], cfg).await;
     let a = remote(s.addr, SECRET, RpcConfig::default(), 0);
     let b = remote(s.addr, SECRET, RpcConfig::default(), 0);
     a.read_all("v", "f", dl()).await.unwrap();

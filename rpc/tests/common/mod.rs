@@ -6,7 +6,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use disk_io::{Deadline, Disk, LocalDisk};
+use disk_io::{Deadline, Disk, DiskConfig, LocalDisk};
+use disk_io_harness::{privilege, FaultFs, ScratchDir};
 use disk_io_health::HealthConfig;
 use disk_io_rpc::{Peer, RemoteDisk, RpcConfig, RpcServer};
 use tokio::sync::oneshot;
@@ -75,4 +76,31 @@ pub async fn temp_disk() -> (tempfile::TempDir, LocalDisk) {
     let disk = LocalDisk::open(dir.path(), dl()).await.expect("open");
     disk.format(0, 1, false, dl()).await.expect("format");
     (dir, disk)
+}
+
+/// A local disk on a fresh FaultFs mount whose health never trips on misses
+/// (to observe them raw), with volume `v` holding `meta` = "old" and `f` =
+/// "hello". Needs root and /dev/fuse (fails naming them).
+pub async fn fuse_disk() -> (ScratchDir, FaultFs, Arc<LocalDisk>) {
+    privilege::require_root().expect("this test mounts FUSE");
+    privilege::require_fuse().expect("this test mounts FUSE");
+    let (scratch, fs) = FaultFs::mount_scratch().expect("mount faultfs");
+    let mut cfg = DiskConfig::default();
+    cfg.health.faulty_after_misses = u32::MAX;
+    cfg.health.probe_interval = Duration::ZERO;
+    cfg.disk_id_cache_ttl = Duration::ZERO;
+    let disk = LocalDisk::builder(fs.mountpoint())
+        .config(cfg)
+        .open(dl())
+        .await
+        .expect("open disk on faultfs");
+    disk.format(0, 1, false, dl()).await.expect("format");
+    disk.make_vol("v", dl()).await.expect("make_vol");
+    disk.write_all("v", "meta", b"old", dl())
+        .await
+        .expect("write_all");
+    disk.write_all("v", "f", b"hello", dl())
+        .await
+        .expect("write_all");
+    (scratch, fs, Arc::new(disk))
 }
