@@ -22,6 +22,8 @@ pub mod breaker;
 pub mod client;
 pub mod cluster;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod server;
 pub mod wire;
 
