@@ -114,6 +114,14 @@ impl Breaker {
         }
     }
 
+    /// An admitted call was not sent after all: a half-open probe slot is
+    /// free again.
+    pub fn release(&mut self) {
+        if self.state == BreakerState::HalfOpen {
+            self.probe_out = false;
+        }
+    }
+
     /// The outcome of an admitted call: `peer_failed` when the peer did not
     /// answer (unreachable, no answer by the deadline); an answered error
     /// is a success here.
@@ -208,6 +216,8 @@ mod tests {
         assert!(b.admit(later), "half-open lets one probe through");
         assert_eq!(b.state(), BreakerState::HalfOpen);
         assert!(!b.admit(later), "only one");
+        b.release();
+        assert!(b.admit(later), "a released probe slot is free again");
         b.on_call(false, later);
         assert_eq!(b.state(), BreakerState::Closed);
         assert_eq!(b.times_opened(), 1);

@@ -327,7 +327,11 @@ impl DiskInner {
                 peer: peer.name.clone(),
             });
         }
-        self.health.admit()?;
+        if let Err(e) = self.health.admit() {
+            // Not sent: a half-open probe slot goes back unused.
+            lock(&peer.breaker).release();
+            return Err(e);
+        }
         let guard = CallGuard {
             peer,
             reported: false,
