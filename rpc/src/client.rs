@@ -202,11 +202,16 @@ impl Drop for Peer {
 
 impl Peer {
     /// A peer called `name` at `addr`. Connects lazily (the first call, or
-    /// the first heartbeat, dials); must run inside a tokio runtime, which
-    /// runs the heartbeat task.
+    /// the first heartbeat, dials). Must be called inside a tokio runtime,
+    /// which runs the heartbeat task (outside one: `InvalidArgument`).
     pub fn new(name: &str, addr: SocketAddr, secret: &[u8], cfg: RpcConfig) -> Result<Arc<Peer>> {
         cfg.check()
             .map_err(|reason| DiskError::InvalidArgument { reason })?;
+        let runtime =
+            tokio::runtime::Handle::try_current().map_err(|_| DiskError::InvalidArgument {
+                reason: "Peer::new must be called inside a tokio runtime (it runs the heartbeats)"
+                    .into(),
+            })?;
         let seed: u64 = rand::random();
         let shared = Arc::new(PeerShared {
             name: name.to_string(),
@@ -219,7 +224,7 @@ impl Peer {
             heartbeats_missed: AtomicU64::new(0),
             cfg: cfg.clone(),
         });
-        let heart = tokio::spawn(liveness(Arc::downgrade(&shared), cfg, addr));
+        let heart = runtime.spawn(liveness(Arc::downgrade(&shared), cfg, addr));
         Ok(Arc::new(Peer { shared, heart }))
     }
 

@@ -268,3 +268,15 @@ async fn an_unreachable_peer_is_unavailable_by_the_deadline() {
     assert!(e.is_unavailable(), "{e:?}");
     assert!(d.overshoot(std::time::Instant::now()) < Duration::from_millis(300));
 }
+
+#[test]
+fn a_peer_outside_a_runtime_is_a_typed_error() {
+    let e = disk_io_rpc::Peer::new(
+        "p",
+        "127.0.0.1:1".parse().unwrap(),
+        SECRET,
+        RpcConfig::default(),
+    )
+    .unwrap_err();
+    assert!(matches!(e, DiskError::InvalidArgument { .. }), "{e:?}");
+}
