@@ -68,7 +68,14 @@ struct PeerShared {
 
 impl PeerShared {
     fn admit(&self) -> bool {
-        lock(&self.breaker).admit(Instant::now())
+        let (admitted, before, after) = {
+            let mut b = lock(&self.breaker);
+            let before = b.state();
+            let admitted = b.admit(Instant::now());
+            (admitted, before, b.state())
+        };
+        self.after_breaker(before, after);
+        admitted
     }
 
     fn healths(&self) -> Vec<Arc<Health>> {
@@ -83,6 +90,7 @@ impl PeerShared {
             return;
         }
         tracing::info!(peer = %self.name, from = before.as_str(), to = after.as_str(), "breaker");
+        crate::metrics::breaker(&self.name, after);
         if after == BreakerState::Open {
             let reason = format!("peer {} unreachable (breaker open)", self.name);
             for h in self.healths() {
@@ -114,6 +122,7 @@ impl PeerShared {
             &self.heartbeats_missed
         };
         counter.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::heartbeat(&self.name, ok);
         let (before, after) = {
             let mut b = lock(&self.breaker);
             let before = b.state();

@@ -24,6 +24,7 @@ pub mod cluster;
 pub mod config;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod metrics;
 pub mod server;
 pub mod wire;
 

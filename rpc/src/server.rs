@@ -207,6 +207,7 @@ impl RpcServer {
                     let Ok(slot) = slots.clone().try_acquire_owned() else {
                         // Dropping the stream closes it: a bounded server.
                         stats.refused_connections.fetch_add(1, Ordering::Relaxed);
+                        crate::metrics::refused("connections");
                         return None;
                     };
                     let sock = socket2::SockRef::from(&stream);
@@ -241,11 +242,13 @@ impl RpcServer {
     fn refuse(&self, e: AuthError) -> Status {
         let err = if e == AuthError::CacheFull {
             self.inner.stats.busy.fetch_add(1, Ordering::Relaxed);
+            crate::metrics::refused("busy");
             DiskError::Busy {
                 reason: e.to_string(),
             }
         } else {
             self.inner.stats.rejected.fetch_add(1, Ordering::Relaxed);
+            crate::metrics::refused("rejected");
             DiskError::Rejected {
                 reason: e.to_string(),
             }
@@ -255,6 +258,7 @@ impl RpcServer {
 
     fn busy(&self, reason: String) -> Status {
         self.inner.stats.busy.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::refused("busy");
         error_to_status(&DiskError::Busy { reason })
     }
 
@@ -350,6 +354,7 @@ impl RpcServer {
         sessions.retain(|_, s| s.last.elapsed() < idle);
         if sessions.len() >= self.inner.cfg.max_sessions {
             self.inner.stats.busy.fetch_add(1, Ordering::Relaxed);
+            crate::metrics::refused("busy");
             return Err(DiskError::Busy {
                 reason: format!("{} shard sessions open", sessions.len()),
             });
