@@ -100,7 +100,8 @@ impl Default for RpcConfig {
         RpcConfig {
             server_margin: Duration::from_millis(20),
             server_caps: OpTimeouts::default(),
-            max_message_bytes: 8 << 20,
+            // The local disk's `max_read_all` (16 MiB) plus framing.
+            max_message_bytes: 17 << 20,
             max_in_flight: 512,
             max_connections: 1024,
             max_in_flight_per_connection: 128,

@@ -473,8 +473,16 @@ impl DiskService for RpcServer {
     }
 
     async fn read_all(&self, r: Request<PathRequest>) -> Result<Response<Data>, Status> {
+        let limit = self.inner.cfg.max_message_bytes.saturating_sub(64) as u64;
         self.run(methods::READ_ALL, OpClass::ReadAll, r, |m, d| async move {
             let data = self.disk(m.disk)?.read_all(&m.vol, &m.path, d).await?;
+            // An answer that cannot be sent is a typed, answered error.
+            if data.len() as u64 > limit {
+                return Err(DiskError::TooLarge {
+                    size: data.len() as u64,
+                    limit,
+                });
+            }
             Ok(Data { data })
         })
         .await

@@ -152,6 +152,10 @@ async fn an_oversized_message_is_rejected_and_the_server_keeps_serving() {
         .await
         .unwrap_err();
     assert!(matches!(e, DiskError::InvalidArgument { .. }), "{e:?}");
+    // A file the disk reads but the RPC cannot carry: TooLarge, answered.
+    std::fs::write(d.path().join("v/large"), vec![3u8; 2 << 20]).unwrap();
+    let e = r.read_all("v", "large", dl()).await.unwrap_err();
+    assert!(matches!(e, DiskError::TooLarge { .. }), "{e:?}");
     good_call_answers(&s).await;
 }
 
