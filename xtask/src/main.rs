@@ -8,6 +8,8 @@
 //! * `bench-deadline`  deadline overshoot and fail-fast latency (prints figures)
 //! * `build-ebpf`  setup, then build the eBPF probes from source (`ebpf.rs`)
 //! * `bench-probes`  fio 4 KiB randread with and without the probes (prints the ratio)
+//! * `bench-rpc`  remote vs local latency/throughput, dead-peer detection (prints figures)
+//! * `fuzz-rpc`  the node RPC's cargo-fuzz targets for a bounded time (nightly, cargo-fuzz)
 //! * `cluster`  the cluster harness CLI (`up|status|poweroff NODE|poweron NODE|down`, ...)
 
 use std::process::ExitCode;
@@ -36,6 +38,12 @@ fn main() -> ExitCode {
         "bench-probes" => setup::ensure()
             .and_then(|()| cargo_run("probes-ebpf-loader", &["--example", "bench-probes"], rest)),
         "cluster" => setup::ensure().and_then(|()| cluster(rest)),
+        "bench-rpc" => setup::ensure().and_then(|()| {
+            run(cargo()
+                .args(["bench", "-p", "disk-io-node", "--bench", "rpc", "--"])
+                .args(rest))
+        }),
+        "fuzz-rpc" => fuzz_rpc(rest),
         "help" | "-h" | "--help" => {
             usage();
             Ok(())
@@ -61,6 +69,9 @@ fn usage() {
          \n  bench-deadline   setup, then measure deadline overshoot and fail-fast latency\
          \n  build-ebpf       setup (incl. nightly rust-src, bpf-linker), then build the eBPF probes from source\
          \n  bench-probes     setup, then fio 4 KiB randread QD32 with and without the probes (ratio)\
+         \n  bench-rpc [--reads N --shard-mib N --writers N --poweroffs N]\
+         \n                   remote vs local 4 KiB reads and shard writes; dead-peer detection over power-offs\
+         \n  fuzz-rpc [--seconds N]  each node-RPC cargo-fuzz target for N s (default 60; needs nightly + cargo-fuzz)\
          \n  cluster up|status|poweroff NODE|poweron NODE|kill NODE|restart NODE|logs NODE|down\
          \n                   setup, then the cluster harness CLI (`cargo xtask cluster --help`)"
     );
@@ -103,6 +114,32 @@ fn bench(rest: &[String]) -> Result<(), String> {
 
 fn bench_deadline(rest: &[String]) -> Result<(), String> {
     cargo_run("disk-io-bench", &["--bin", "deadline-bench"], rest)
+}
+
+/// Runs each cargo-fuzz target of `rpc/fuzz` for a bounded time.
+fn fuzz_rpc(rest: &[String]) -> Result<(), String> {
+    let seconds = rest
+        .iter()
+        .position(|a| a == "--seconds")
+        .and_then(|i| rest.get(i + 1))
+        .map_or(Ok(60u64), |v| {
+            v.parse().map_err(|_| format!("--seconds {v:?}"))
+        })?;
+    if !sys::answers("cargo-fuzz") {
+        return Err(
+            "cargo-fuzz is not installed: `cargo install cargo-fuzz` (needs the nightly toolchain)"
+                .into(),
+        );
+    }
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../rpc/fuzz");
+    for target in ["decode", "paths"] {
+        run(std::process::Command::new("cargo")
+            .current_dir(&dir)
+            .args(["+nightly", "fuzz", "run", target, "--"])
+            .arg(format!("-max_total_time={seconds}"))
+            .arg("-rss_limit_mb=2048"))?;
+    }
+    Ok(())
 }
 
 fn ci() -> Result<(), String> {

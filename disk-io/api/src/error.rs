@@ -62,6 +62,24 @@ pub enum PathRule {
 }
 
 impl PathRule {
+    /// Every rule, in a fixed order (wire encodings index into it: append
+    /// new rules at the end).
+    pub const ALL: [PathRule; 13] = [
+        PathRule::Empty,
+        PathRule::TooLong,
+        PathRule::Absolute,
+        PathRule::Nul,
+        PathRule::EmptyComponent,
+        PathRule::DotComponent,
+        PathRule::ComponentTooLong,
+        PathRule::VolumeHasSlash,
+        PathRule::VolumeStartsWithDot,
+        PathRule::Symlink,
+        PathRule::Escapes,
+        PathRule::HardLinked,
+        PathRule::NotRegular,
+    ];
+
     /// What the rule says, for messages.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -481,6 +499,30 @@ mod tests {
             errno: Errno(22)
         }
         .is_device_fault());
+    }
+
+    #[test]
+    fn every_path_rule_is_listed_once() {
+        // A rule missing from ALL would not cross the wire; this match has
+        // no `_` arm, so a new rule fails to compile here until it is added.
+        for r in PathRule::ALL {
+            let i = match r {
+                PathRule::Empty => 0,
+                PathRule::TooLong => 1,
+                PathRule::Absolute => 2,
+                PathRule::Nul => 3,
+                PathRule::EmptyComponent => 4,
+                PathRule::DotComponent => 5,
+                PathRule::ComponentTooLong => 6,
+                PathRule::VolumeHasSlash => 7,
+                PathRule::VolumeStartsWithDot => 8,
+                PathRule::Symlink => 9,
+                PathRule::Escapes => 10,
+                PathRule::HardLinked => 11,
+                PathRule::NotRegular => 12,
+            };
+            assert_eq!(PathRule::ALL[i], r);
+        }
     }
 
     #[test]

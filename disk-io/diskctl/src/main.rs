@@ -17,6 +17,12 @@
 //! descriptors, so a wrapper (`timeout`, a shell pipeline, a monitoring
 //! agent) sees EOF at once.
 //!
+//! **Remote disks:** with `--config cluster.toml`, `id`, `info` and `probe`
+//! take a disk of the cluster as `NODE:N` (N from 1, as in the config's
+//! disk list) and ask that node over the node RPC, under the same deadline
+//! and with the same JSON; the remote `probe` is a timed `disk_id` +
+//! `disk_info` round trip (it writes nothing on the remote disk).
+//!
 //! **Invariant:** `id`, `info` and `probe` open the disk for inspection
 //! ([`OpenMode::Inspect`]): they work on a read-only mount and on a live
 //! node's disk, create nothing (not even `.disk-io` on a directory that is
@@ -24,12 +30,13 @@
 //! owner and refuses a disk another process owns.
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use disk_io::{Deadline, Disk, DiskError, LocalDisk, OpClass, OpenMode};
+use disk_io_rpc::{ClusterConfig, Peer, RpcConfig};
 use serde_json::{json, Value};
 
 #[derive(Parser, Debug)]
@@ -42,6 +49,10 @@ struct Cli {
     /// answer before it answers "deadline exceeded" itself.
     #[arg(long, global = true, default_value = "500ms", value_parser = humantime::parse_duration)]
     exit_grace: Duration,
+    /// A cluster config file: the disk argument is then `NODE:N`, a disk
+    /// of that node, asked over the node RPC (`id`, `info`, `probe`).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -50,7 +61,7 @@ struct Cli {
 enum Cmd {
     /// Write a format file (disk identity) to a directory.
     Format {
-        /// The disk's root directory.
+        /// The disk's root directory (with `--config`: `NODE:N`).
         dir: PathBuf,
         /// Erasure set index.
         #[arg(long, default_value_t = 0)]
@@ -67,7 +78,7 @@ enum Cmd {
     },
     /// Print the disk's identity (reads the format file under the deadline).
     Id {
-        /// The disk's root directory.
+        /// The disk's root directory (with `--config`: `NODE:N`).
         dir: PathBuf,
         /// Budget for the whole command.
         #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
@@ -75,7 +86,7 @@ enum Cmd {
     },
     /// Print capacity, identity and state.
     Info {
-        /// The disk's root directory.
+        /// The disk's root directory (with `--config`: `NODE:N`).
         dir: PathBuf,
         /// Budget for the whole command.
         #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
@@ -83,7 +94,7 @@ enum Cmd {
     },
     /// Timed write, read back and delete of a small file in the disk's tmp.
     Probe {
-        /// The disk's root directory.
+        /// The disk's root directory (with `--config`: `NODE:N`).
         dir: PathBuf,
         /// Budget for the whole command.
         #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
@@ -121,8 +132,46 @@ impl Cmd {
     }
 }
 
+/// The command's I/O on a disk of the cluster, over the node RPC.
+async fn run_remote(config: &Path, cmd: &Cmd, deadline: Deadline) -> Result<Value, DiskError> {
+    let bad = |reason: String| DiskError::InvalidArgument { reason };
+    let dir = match cmd {
+        Cmd::Id { dir, .. } | Cmd::Info { dir, .. } | Cmd::Probe { dir, .. } => dir,
+        Cmd::Format { .. } | Cmd::Worker { .. } => {
+            return Err(bad("only id, info and probe work on a remote disk".into()))
+        }
+    };
+    let cluster = ClusterConfig::load(config).map_err(|e| bad(e.to_string()))?;
+    let spec = dir.to_string_lossy();
+    let (node, index) = cluster.disk_spec(&spec).map_err(|e| bad(e.to_string()))?;
+    let peer = Peer::new(
+        &node.name,
+        node.rpc_addr,
+        cluster.secret.as_bytes(),
+        RpcConfig::default(),
+    )?;
+    let health = disk_io::HealthConfig {
+        probe_interval: Duration::ZERO,
+        ..Default::default()
+    };
+    let disk = peer.disk(index, health, Vec::new());
+    match cmd {
+        Cmd::Id { .. } => Ok(json!({ "disk_id": disk.disk_id(deadline).await? })),
+        Cmd::Info { .. } => Ok(json!({ "info": disk.disk_info(deadline).await? })),
+        _ => {
+            let started = Instant::now();
+            disk.disk_id(deadline).await?;
+            disk.disk_info(deadline).await?;
+            Ok(json!({ "probe_us": started.elapsed().as_micros() as u64 }))
+        }
+    }
+}
+
 /// The command's I/O, in the worker process.
-async fn run(cmd: &Cmd, deadline: Deadline) -> Result<Value, DiskError> {
+async fn run(cmd: &Cmd, config: Option<&Path>, deadline: Deadline) -> Result<Value, DiskError> {
+    if let Some(config) = config {
+        return run_remote(config, cmd, deadline).await;
+    }
     let (dir, mode) = match cmd {
         Cmd::Format { dir, .. } => (dir, OpenMode::Owner),
         Cmd::Id { dir, .. } | Cmd::Info { dir, .. } | Cmd::Probe { dir, .. } => {
@@ -180,7 +229,7 @@ fn error_value(e: &DiskError) -> Value {
 
 /// The worker process: run, print one JSON line, exit (the exit itself may
 /// hang on a hung device; the parent does not wait for it).
-fn worker(args: Vec<String>) -> ExitCode {
+fn worker(args: Vec<String>, outer_config: Option<PathBuf>) -> ExitCode {
     // Whatever the caller's process had open and did not mark close-on-exec
     // (a pipe a wrapper reads, a socket) would be held by a worker stuck on a
     // hung disk after the parent has gone: keep stdin/stdout/stderr only.
@@ -216,7 +265,12 @@ fn worker(args: Vec<String>) -> ExitCode {
         }
     };
     let deadline = Deadline::after(cli.cmd.budget());
-    let out = match runtime.block_on(run(&cli.cmd, deadline)) {
+    let out = match runtime.block_on(run(
+        &cli.cmd,
+        // clap hands a global `--config` after `worker` to the outer parser.
+        cli.config.as_deref().or(outer_config.as_deref()),
+        deadline,
+    )) {
         Ok(mut v) => {
             v["ok"] = json!(true);
             v
@@ -316,7 +370,7 @@ fn parent(cli: &Cli) -> (Value, ExitCode) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Cmd::Worker { args } = cli.cmd {
+    if let Cmd::Worker { args } = cli.cmd.clone() {
         tracing_subscriber::fmt()
             .with_env_filter(
                 tracing_subscriber::EnvFilter::try_from_env("DISKCTL_LOG")
@@ -324,7 +378,7 @@ fn main() -> ExitCode {
             )
             .with_writer(std::io::stderr)
             .init();
-        return worker(args);
+        return worker(args, cli.config.clone());
     }
     let (out, code) = parent(&cli);
     if cli.json {

@@ -610,7 +610,7 @@ impl Cluster {
             let bytes: [u8; 32] = rand::random();
             self.state.spec.secret = Some(bytes.iter().map(|b| format!("{b:02x}")).collect());
         }
-        self.config().write(&self.state.config_path)
+        Ok(self.config().write(&self.state.config_path)?)
     }
 
     fn index_of(&self, name: &str) -> Result<usize> {

@@ -1,0 +1,109 @@
+//! # disk-io-node
+//!
+//! The reference storage node: opens its local disks (as
+//! [`OpenMode::Owner`]) from the cluster config file and serves them over
+//! the node RPC ([`disk_io_rpc::RpcServer`]); later also the lockers and S3.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context};
+use disk_io::{Deadline, Disk, DiskConfig, DiskError, LocalDisk, OpenMode};
+use disk_io_rpc::{ClusterConfig, RpcConfig, RpcServer};
+
+/// What `serve` needs besides the cluster file.
+#[derive(Clone, Debug)]
+pub struct NodeOptions {
+    /// This node's name in the cluster file.
+    pub node: String,
+    /// Format disks that have no format file yet (set and disk index from
+    /// the disk's position in the cluster: global index / set size).
+    pub format_missing: bool,
+    /// Budget for opening (and formatting) each disk.
+    pub open_deadline: Duration,
+    /// The local disks' configuration.
+    pub disk: DiskConfig,
+    /// The RPC's limits.
+    pub rpc: RpcConfig,
+}
+
+impl NodeOptions {
+    /// Defaults for node `node`.
+    pub fn new(node: &str) -> NodeOptions {
+        NodeOptions {
+            node: node.to_string(),
+            format_missing: false,
+            open_deadline: Duration::from_secs(10),
+            disk: DiskConfig::default(),
+            rpc: RpcConfig::default(),
+        }
+    }
+}
+
+/// Opens the node's disks, in config order.
+pub async fn open_disks(
+    config: &ClusterConfig,
+    opts: &NodeOptions,
+) -> anyhow::Result<Vec<Arc<LocalDisk>>> {
+    let node = config
+        .node(&opts.node)
+        .ok_or_else(|| anyhow!("no node named {:?} in cluster {}", opts.node, config.name))?;
+    let first = config
+        .nodes
+        .iter()
+        .take_while(|n| n.name != node.name)
+        .map(|n| n.disks.len())
+        .sum::<usize>();
+    let mut disks = Vec::new();
+    for (i, path) in node.disks.iter().enumerate() {
+        let label = format!("{}:{}", node.name, i + 1);
+        let disk = LocalDisk::builder(path)
+            .config(opts.disk.clone())
+            .label(label.clone())
+            .mode(OpenMode::Owner)
+            .open(Deadline::after(opts.open_deadline))
+            .await
+            .with_context(|| format!("opening disk {label} at {}", path.display()))?;
+        if opts.format_missing {
+            let global = first + i;
+            let (set, index) = (global / config.set_size, global % config.set_size);
+            match disk.disk_id(Deadline::after(opts.open_deadline)).await {
+                Err(DiskError::Unformatted) => {
+                    disk.format(
+                        set as u32,
+                        index as u32,
+                        false,
+                        Deadline::after(opts.open_deadline),
+                    )
+                    .await
+                    .with_context(|| format!("formatting disk {label}"))?;
+                }
+                Ok(_) => {}
+                Err(e) => return Err(anyhow!("disk {label}: {e}")),
+            }
+        }
+        disks.push(Arc::new(disk));
+    }
+    Ok(disks)
+}
+
+/// Serves the node until `shutdown` resolves.
+pub async fn serve(
+    config: &ClusterConfig,
+    opts: &NodeOptions,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let node = config
+        .node(&opts.node)
+        .ok_or_else(|| anyhow!("no node named {:?} in cluster {}", opts.node, config.name))?
+        .clone();
+    let disks = open_disks(config, opts).await?;
+    let disks: Vec<Arc<dyn Disk>> = disks.into_iter().map(|d| d as Arc<dyn Disk>).collect();
+    let server = RpcServer::new(disks, config.secret.as_bytes(), opts.rpc.clone())?;
+    let listener = tokio::net::TcpListener::bind(node.rpc_addr)
+        .await
+        .with_context(|| format!("binding the RPC address {}", node.rpc_addr))?;
+    tracing::info!(node = %node.name, rpc = %node.rpc_addr, disks = node.disks.len(), "serving");
+    server.serve(listener, shutdown).await?;
+    Ok(())
+}
