@@ -134,6 +134,10 @@ struct JobCtx {
     /// Ops left in a size-bounded run (negative once exhausted).
     budget: AtomicI64,
     stop_at: Option<Instant>,
+    /// Whether any op was claimed: a time-bounded job does at least one,
+    /// even when its setup (threads, rings, files) outlasted its runtime on a
+    /// loaded machine, so every engine reports a measurement.
+    started: AtomicBool,
     progress: Arc<Progress>,
     failed: AtomicBool,
 }
@@ -148,6 +152,7 @@ impl JobCtx {
             seq: AtomicU64::new(0),
             budget: AtomicI64::new(per_job.max(1) as i64),
             stop_at: spec.runtime.map(|r| Instant::now() + r),
+            started: AtomicBool::new(false),
             progress,
             failed: AtomicBool::new(false),
         }
@@ -159,8 +164,10 @@ impl JobCtx {
             return None;
         }
         match self.stop_at {
-            Some(at) if Instant::now() >= at => return None,
-            Some(_) => {}
+            Some(at) if Instant::now() >= at && self.started.swap(true, Ordering::Relaxed) => {
+                return None
+            }
+            Some(_) => self.started.store(true, Ordering::Relaxed),
             None if self.budget.fetch_sub(1, Ordering::Relaxed) <= 0 => return None,
             None => {}
         }

@@ -50,7 +50,12 @@ async fn objects_from_0_b_to_64_mib_round_trip_byte_exact() {
         );
         let (back, r) = get(&fx.set, &name, None, long()).await.expect("get");
         assert!(back == data, "{size} B object differs after the round trip");
-        assert!(r.bitrot.is_empty() && r.missing.is_empty(), "{r:?}");
+        // No bitrot; a shard may be missing only on a disk the write left
+        // behind (see above).
+        assert!(
+            r.bitrot.is_empty() && r.missing.iter().all(|d| rep.missed.contains(d)),
+            "{r:?} after {rep:?}"
+        );
         let info = fx
             .set
             .stat_object(BUCKET, &name, long())

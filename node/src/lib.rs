@@ -48,12 +48,6 @@ pub async fn open_disks(
     let node = config
         .node(&opts.node)
         .ok_or_else(|| anyhow!("no node named {:?} in cluster {}", opts.node, config.name))?;
-    let first = config
-        .nodes
-        .iter()
-        .take_while(|n| n.name != node.name)
-        .map(|n| n.disks.len())
-        .sum::<usize>();
     let mut disks = Vec::new();
     for (i, path) in node.disks.iter().enumerate() {
         let label = format!("{}:{}", node.name, i + 1);
@@ -65,8 +59,10 @@ pub async fn open_disks(
             .await
             .with_context(|| format!("opening disk {label} at {}", path.display()))?;
         if opts.format_missing {
-            let global = first + i;
-            let (set, index) = (global / config.set_size, global % config.set_size);
+            // The erasure layer's positions (`Topology::sets`: disk i of
+            // every node, column by column), so each set spreads over every
+            // node and the set opening finds each disk where it expects it.
+            let (set, index) = erasure_position(config, &opts.node, i)?;
             match disk.disk_id(Deadline::after(opts.open_deadline)).await {
                 Err(DiskError::Unformatted) => {
                     disk.format(
@@ -85,6 +81,41 @@ pub async fn open_disks(
         disks.push(Arc::new(disk));
     }
     Ok(disks)
+}
+
+/// The (set, index) the erasure layer gives disk `disk` of node `node`.
+fn erasure_position(
+    config: &ClusterConfig,
+    node: &str,
+    disk: usize,
+) -> anyhow::Result<(usize, usize)> {
+    let per_node = config.nodes.first().map_or(0, |n| n.disks.len());
+    if config.nodes.iter().any(|n| n.disks.len() != per_node) {
+        return Err(anyhow!(
+            "the erasure layout needs the same number of disks on every node"
+        ));
+    }
+    let node_index = config
+        .nodes
+        .iter()
+        .position(|n| n.name == node)
+        .ok_or_else(|| anyhow!("no node named {node:?}"))?;
+    let topology = disk_io_erasure::Topology {
+        nodes: config.nodes.len(),
+        disks_per_node: per_node,
+        set_size: config.set_size,
+        parity: config.parity,
+    };
+    let sets = topology.sets().map_err(|e| anyhow!("{e}"))?;
+    sets.iter()
+        .enumerate()
+        .find_map(|(s, slots)| {
+            slots
+                .iter()
+                .position(|d| d.node == node_index && d.disk == disk)
+                .map(|i| (s, i))
+        })
+        .ok_or_else(|| anyhow!("disk {disk} of {node} is in no erasure set"))
 }
 
 /// Serves the node until `shutdown` resolves.

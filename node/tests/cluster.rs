@@ -299,9 +299,9 @@ fn a_saturated_peer_is_never_declared_dead() {
     let rt = c
         .client_runtime(&RuntimeSpec::default())
         .expect("client runtime");
-    // 8 s of saturation rather than 20 s: this machine's CI budget; the
-    // heartbeat period is 100 ms, so that is 80 heartbeats per caller.
-    let saturate = Duration::from_secs(8);
+    // 20 s of saturation, as the issue asks; the heartbeat period is
+    // 100 ms, so that is about 200 heartbeats per caller.
+    let saturate = Duration::from_secs(20);
     let callers = 4;
     let out = rt
         .block_on(Duration::from_secs(60), async move {

@@ -116,6 +116,9 @@ fn bench_deadline(rest: &[String]) -> Result<(), String> {
     cargo_run("disk-io-bench", &["--bin", "deadline-bench"], rest)
 }
 
+/// Seconds `cargo xtask ci` fuzzes each node-RPC target.
+const CI_FUZZ_SECONDS: u64 = 20;
+
 /// Runs each cargo-fuzz target of `rpc/fuzz` for a bounded time.
 fn fuzz_rpc(rest: &[String]) -> Result<(), String> {
     let seconds = rest
@@ -172,6 +175,10 @@ fn ci() -> Result<(), String> {
     run(cargo()
         .args(["test", "--workspace", "--no-fail-fast"])
         .env("RUST_BACKTRACE", "1"))?;
+    // The node RPC's decoders and path handling under coverage-guided
+    // fuzzing, for a bounded time per target (the seeded, stable
+    // `fuzz_smoke` test above runs the same bodies on every build).
+    fuzz_rpc(&["--seconds".into(), CI_FUZZ_SECONDS.to_string()])?;
     eprintln!("xtask ci: all checks passed in {:.0?}", started.elapsed());
     Ok(())
 }

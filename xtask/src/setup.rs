@@ -83,6 +83,13 @@ pub(crate) fn ensure() -> Result<(), String> {
         }
     }
     // Nightly rust-src and bpf-linker for the eBPF probes, built from
-    // source by the loader's build script.
-    crate::ebpf::ensure()
+    // source by the loader's build script (nightly also runs cargo-fuzz).
+    crate::ebpf::ensure()?;
+    // cargo-fuzz for the node RPC's fuzz targets (`cargo xtask ci` runs
+    // them for a bounded time).
+    if !answers("cargo-fuzz") {
+        eprintln!("setup: cargo-fuzz missing (fuzzing the node RPC), installing it");
+        sh(crate::sys::cargo().args(["install", "cargo-fuzz", "--locked"]))?;
+    }
+    Ok(())
 }
