@@ -17,10 +17,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use disk_io::{CreateOptions, Deadline, DeleteOptions, Disk, DiskError, HealthConfig};
+mod common;
+use common::until_ok;
 use disk_io_harness::cluster::{Cluster, ClusterSpec, NodeCommand};
 use disk_io_harness::netns::RuntimeSpec;
 use disk_io_harness::privilege;
-use disk_io_rpc::{BreakerConfig, BreakerState, Peer, RemoteDisk, RpcConfig};
+use disk_io_rpc::{BreakerConfig, BreakerState, Peer, RpcConfig};
 
 /// Slack on every timing assertion (a loaded 2-core CI machine); the real
 /// figures are printed.
@@ -64,23 +66,6 @@ fn threads() -> usize {
     std::fs::read_dir("/proc/self/task")
         .map(|d| d.count())
         .unwrap_or(0)
-}
-
-async fn until_ok(disk: &RemoteDisk, within: Duration) -> Duration {
-    let start = Instant::now();
-    loop {
-        match disk
-            .disk_id(Deadline::after(Duration::from_millis(500)))
-            .await
-        {
-            Ok(_) => return start.elapsed(),
-            Err(e) if start.elapsed() < within => {
-                let _ = e;
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Err(e) => panic!("{} not answering within {within:?}: {e:?}", disk.label()),
-        }
-    }
 }
 
 struct Record {

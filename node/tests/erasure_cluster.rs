@@ -33,10 +33,12 @@ use std::time::{Duration, Instant};
 use disk_io::{Deadline, Disk, DiskConfig, HealthConfig, LocalDisk};
 use disk_io_erasure::codec::{self, Geometry};
 use disk_io_erasure::{meta, DiskSlot, ErasureConfig, ErasureSets, Topology};
+mod common;
+use common::until_ok;
 use disk_io_harness::cluster::{Cluster, ClusterSpec, NodeCommand};
 use disk_io_harness::netns::RuntimeSpec;
 use disk_io_harness::privilege;
-use disk_io_rpc::{BreakerState, Peer, RemoteDisk, RpcConfig};
+use disk_io_rpc::{BreakerState, Peer, RpcConfig};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 const BUCKET: &str = "bkt";
@@ -166,23 +168,6 @@ impl AsyncWrite for Check {
 
 fn node_name(node: usize) -> String {
     format!("node{}", node + 1)
-}
-
-async fn until_ok(disk: &RemoteDisk, within: Duration) -> Duration {
-    let start = Instant::now();
-    loop {
-        match disk
-            .disk_id(Deadline::after(Duration::from_millis(500)))
-            .await
-        {
-            Ok(_) => return start.elapsed(),
-            Err(e) if start.elapsed() < within => {
-                let _ = e;
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Err(e) => panic!("{} not answering within {within:?}: {e:?}", disk.label()),
-        }
-    }
 }
 
 /// Every shard file of the object's version, read through the node's
