@@ -5,6 +5,9 @@
 //!   kernel and by the ring thread.
 //! * `uring-nodeadline`: the same driver with [`KernelDeadline::CallerOnly`]:
 //!   no LinkTimeout and no ring-side deadline, to price the deadlines.
+//! * `uring-thread`: the same driver with its fast ring off
+//!   ([`DriverConfig::fast_path`]): every op goes through the disk's ring
+//!   thread, as all ops did before the fast path; prices the hand-offs.
 //! * `psync`: `pread`/`pwrite` from `numjobs × iodepth` threads (fio's psync
 //!   is one thread per job at QD1; here each queue slot gets a thread so a
 //!   "QD32" comparison means 32 requests in flight for every engine).
@@ -42,6 +45,8 @@ pub enum Engine {
     Uring,
     /// disk-io's driver without kernel-side deadlines.
     UringNoDeadline,
+    /// disk-io's driver with every op on the ring thread.
+    UringThread,
     /// pread/pwrite in threads.
     Psync,
     /// tokio's blocking pool.
@@ -50,9 +55,10 @@ pub enum Engine {
 
 impl Engine {
     /// Every engine, in report order.
-    pub const ALL: [Engine; 4] = [
+    pub const ALL: [Engine; 5] = [
         Engine::Uring,
         Engine::UringNoDeadline,
+        Engine::UringThread,
         Engine::Psync,
         Engine::TokioFs,
     ];
@@ -62,6 +68,7 @@ impl Engine {
         Ok(match s {
             "uring" => Engine::Uring,
             "uring-nodeadline" => Engine::UringNoDeadline,
+            "uring-thread" => Engine::UringThread,
             "psync" => Engine::Psync,
             "tokio-fs" => Engine::TokioFs,
             other => return Err(BenchError::UnknownEngine(other.to_string())),
@@ -73,6 +80,7 @@ impl Engine {
         match self {
             Engine::Uring => "uring",
             Engine::UringNoDeadline => "uring-nodeadline",
+            Engine::UringThread => "uring-thread",
             Engine::Psync => "psync",
             Engine::TokioFs => "tokio-fs",
         }
@@ -112,6 +120,23 @@ pub struct RunResult {
     pub errors: u64,
     /// The first error seen, for the report.
     pub first_error: Option<String>,
+    /// CPU time the process used during the run (user + system).
+    pub cpu: Duration,
+}
+
+/// User + system CPU time of the whole process so far (every thread,
+/// io-wq workers included: they are threads of the process).
+pub fn process_cpu() -> Duration {
+    use nix::sys::resource::{getrusage, UsageWho};
+    match getrusage(UsageWho::RUSAGE_SELF) {
+        Ok(ru) => {
+            let tv = |t: nix::sys::time::TimeVal| {
+                Duration::new(t.tv_sec().max(0) as u64, (t.tv_usec().max(0) as u32) * 1000)
+            };
+            tv(ru.user_time()) + tv(ru.system_time())
+        }
+        Err(_) => Duration::ZERO,
+    }
 }
 
 /// Counters the progress line reads while a run goes on.
@@ -308,12 +333,14 @@ pub fn run(
         .map(|_| Arc::new(JobCtx::new(spec, file_size, progress.clone())))
         .collect();
     let started = Instant::now();
+    let cpu0 = process_cpu();
     let per_slot = match engine {
-        Engine::Uring | Engine::UringNoDeadline => run_uring(engine, &ctxs)?,
+        Engine::Uring | Engine::UringNoDeadline | Engine::UringThread => run_uring(engine, &ctxs)?,
         Engine::Psync => run_psync(&ctxs)?,
         Engine::TokioFs => run_tokio_fs(&ctxs)?,
     };
     let elapsed = started.elapsed();
+    let cpu = process_cpu().saturating_sub(cpu0);
     let mut out = RunResult {
         engine,
         read: DirStats::default(),
@@ -321,6 +348,7 @@ pub fn run(
         elapsed,
         errors: 0,
         first_error: None,
+        cpu,
     };
     for s in per_slot {
         out.read.merge(&s.stats.0);
@@ -368,10 +396,10 @@ fn runtime() -> Result<tokio::runtime::Runtime, BenchError> {
 }
 
 fn run_uring(engine: Engine, ctxs: &[Arc<JobCtx>]) -> Result<Vec<SlotResult>, BenchError> {
-    let mode = if engine == Engine::Uring {
-        KernelDeadline::Enforced
-    } else {
+    let mode = if engine == Engine::UringNoDeadline {
         KernelDeadline::CallerOnly
+    } else {
+        KernelDeadline::Enforced
     };
     let rt = runtime()?;
     rt.block_on(async {
@@ -385,6 +413,7 @@ fn run_uring(engine: Engine, ctxs: &[Arc<JobCtx>]) -> Result<Vec<SlotResult>, Be
                 max_in_flight: qd + 1,
                 zombie_cap: qd,
                 ring_entries: ((2 * qd + 16) as u32).next_power_of_two(),
+                fast_path: engine != Engine::UringThread,
                 ..DriverConfig::default()
             };
             let driver =

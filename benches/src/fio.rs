@@ -98,11 +98,17 @@ pub fn parse(stdout: &str) -> Result<Summary, BenchError> {
         .filter(|&r| r > 0)
         .or_else(|| job["write"]["runtime"].as_u64())
         .unwrap_or(0);
+    let (read, write) = (dir(&job["read"]), dir(&job["write"]));
+    // usr_cpu/sys_cpu are percentages of the job's runtime.
+    let cpu_pct = job["usr_cpu"].as_f64().unwrap_or(0.0) + job["sys_cpu"].as_f64().unwrap_or(0.0);
+    let job_ms = job["job_runtime"].as_u64().unwrap_or(runtime_ms);
+    let cpu = Duration::from_secs_f64(cpu_pct / 100.0 * job_ms as f64 / 1e3);
     Ok(Summary {
         engine: "fio".into(),
         runtime_ms,
-        read: dir(&job["read"]),
-        write: dir(&job["write"]),
+        cpu_us_per_io: crate::report::per_io(cpu, read.ios + write.ios),
+        read,
+        write,
         errors: job["error"].as_u64().unwrap_or(0),
     })
 }
@@ -142,7 +148,7 @@ mod tests {
     #[test]
     fn parses_fio_json_after_chatter() {
         let out = r#"note: both iodepth >= 1 and synchronous I/O engine are selected
-{"fio version":"fio-3.33","jobs":[{"jobname":"diskbench","error":0,
+{"fio version":"fio-3.33","jobs":[{"jobname":"diskbench","error":0,"job_runtime":2000,"usr_cpu":1.5,"sys_cpu":3.5,
  "read":{"io_bytes":409600,"bw_bytes":204800,"iops":50.0,"runtime":2000,"total_ios":100,
    "lat_ns":{"min":1000,"max":9000,"mean":3000.5,"stddev":10.0,
      "percentile":{"50.000000":2000,"90.000000":5000,"99.000000":8000,"99.900000":9000,"99.990000":9000}}},
@@ -153,6 +159,12 @@ mod tests {
         assert_eq!(s.read.lat_ns.p99, 8000.0);
         assert_eq!(s.runtime_ms, 2000);
         assert_eq!(s.write.ios, 0);
+        // 5 % of 2 s over 100 ops.
+        assert!(
+            (s.cpu_us_per_io - 1000.0).abs() < 1e-6,
+            "{}",
+            s.cpu_us_per_io
+        );
         assert!(parse("no json here").is_err());
     }
 }

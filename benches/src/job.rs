@@ -21,7 +21,9 @@ pub enum BenchError {
         path: PathBuf,
     },
     /// An engine name that does not exist.
-    #[error("unknown engine {0:?}; engines: uring, uring-nodeadline, psync, tokio-fs")]
+    #[error(
+        "unknown engine {0:?}; engines: uring, uring-nodeadline, uring-thread, psync, tokio-fs"
+    )]
     UnknownEngine(String),
     /// File preparation or I/O outside the measured path failed.
     #[error("{what}: {source}")]

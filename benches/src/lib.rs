@@ -3,7 +3,7 @@
 //!
 //! * [`job`]: a job in fio's terms (`--rw --bs --iodepth --numjobs --size
 //!   --runtime --direct --filename --rwmixread`) and its validation.
-//! * [`engines`]: `uring`, `uring-nodeadline`, `psync`, `tokio-fs`.
+//! * [`engines`]: `uring`, `uring-nodeadline`, `uring-thread`, `psync`, `tokio-fs`.
 //! * [`report`]: fio-like text and JSON (fio's field names), side-by-side
 //!   comparison tables.
 //! * [`fio`]: runs fio on the same job and reads its JSON.

@@ -60,6 +60,10 @@ pub struct Summary {
     pub write: DirSummary,
     /// Failed ops.
     pub errors: u64,
+    /// CPU time (user + system, every thread of the process: callers, ring
+    /// threads, io-wq workers) per completed op, in microseconds; fio's
+    /// `usr_cpu + sys_cpu` of the job's runtime, per op, for fio.
+    pub cpu_us_per_io: f64,
 }
 
 impl Summary {
@@ -71,6 +75,7 @@ impl Summary {
             read: dir_summary(&r.read, r.elapsed),
             write: dir_summary(&r.write, r.elapsed),
             errors: r.errors,
+            cpu_us_per_io: per_io(r.cpu, r.read.ios + r.write.ios),
         }
     }
 
@@ -86,6 +91,15 @@ impl Summary {
         } else {
             &self.write
         }
+    }
+}
+
+/// CPU microseconds per op.
+pub fn per_io(cpu: Duration, ios: u64) -> f64 {
+    if ios == 0 {
+        0.0
+    } else {
+        cpu.as_secs_f64() * 1e6 / ios as f64
     }
 }
 
@@ -174,6 +188,7 @@ pub fn text(spec: &JobSpec, s: &Summary) -> String {
             l.p9999 / 1e3
         );
     }
+    out += &format!("  cpu: {:.2} usec per io (user+sys)\n", s.cpu_us_per_io);
     if s.errors > 0 {
         out += &format!("  errors: {}\n", s.errors);
     }
@@ -236,6 +251,7 @@ pub fn fio_json(spec: &JobSpec, runs: &[Summary]) -> Value {
                 "write": fio_dir(&s.write, s.runtime_ms),
                 "job_runtime": s.runtime_ms,
                 "errors": s.errors,
+                "cpu_us_per_io": s.cpu_us_per_io,
             })
         })
         .collect();
@@ -266,6 +282,7 @@ pub fn median_round(rounds: &[Vec<Summary>], i: usize) -> Summary {
             read: DirSummary::default(),
             write: DirSummary::default(),
             errors: 0,
+            cpu_us_per_io: 0.0,
         })
 }
 
@@ -298,7 +315,7 @@ pub fn compare(runs: &[Summary], base: &Summary) -> String {
     }
     out += "\n";
     type Get = fn(&Summary) -> f64;
-    let rows: [(&str, Get, bool); 6] = [
+    let rows: [(&str, Get, bool); 7] = [
         ("IOPS", |s| s.iops(), false),
         (
             "BW MiB/s",
@@ -309,6 +326,7 @@ pub fn compare(runs: &[Summary], base: &Summary) -> String {
         ("lat p50 us", |s| s.main_dir().lat_ns.p50 / 1e3, true),
         ("lat p99 us", |s| s.main_dir().lat_ns.p99 / 1e3, true),
         ("lat p99.9 us", |s| s.main_dir().lat_ns.p999 / 1e3, true),
+        ("cpu us/io", |s| s.cpu_us_per_io, true),
     ];
     for (name, get, _lower_better) in rows {
         out += &format!("{name:<18}");
@@ -349,6 +367,7 @@ mod tests {
             elapsed: Duration::from_secs(2),
             errors: 0,
             first_error: None,
+            cpu: Duration::from_millis(50),
         };
         let s = Summary::from_run(&run);
         assert_eq!(s.read.iops, 500.0);
@@ -374,5 +393,6 @@ mod tests {
             .expect("p50");
         assert!((499_000..=501_000).contains(&p50), "{p50}");
         assert!(text(&spec, &s).contains("IOPS=500"));
+        assert_eq!(s.cpu_us_per_io, 50.0, "50 ms of CPU over 1000 ops");
     }
 }

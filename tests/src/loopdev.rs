@@ -322,6 +322,21 @@ impl Ext4OnLoop {
         )
     }
 
+    /// An ext4 of `size_bytes` whose image is `disk.img` on the `fs` mount,
+    /// mounted in a subdirectory `ext4` of `scratch`, with `fs`'s control
+    /// remembered: hang `fs` and the block device stalls.
+    pub fn over_faultfs(
+        fs: &crate::FaultFs,
+        scratch: &crate::ScratchDir,
+        size_bytes: u64,
+    ) -> Result<Ext4OnLoop> {
+        let mount_dir = scratch.subdir("ext4")?;
+        Ok(
+            Ext4OnLoop::create(&fs.mountpoint().join("disk.img"), size_bytes, &mount_dir)?
+                .with_fault_control(fs.control()),
+        )
+    }
+
     /// Remembers the control of the [`FaultFs`](crate::FaultFs) holding the image, so that
     /// drop resets its switches (releasing a hang) before unmounting.
     pub fn with_fault_control(mut self, control: FaultControl) -> Ext4OnLoop {

@@ -671,6 +671,22 @@ async fn concurrent_ops_on_four_disks_read_back_exactly() {
         }
     }
     assert_eq!(good, 4 * 64);
+    // The plain directories' reads and writes ran on the fast ring (caller
+    // thread, RWF_NOWAIT); the FUSE disk's were refused there and ran on its
+    // ring thread: both paths are byte-exact under 64-way concurrency.
+    for (i, d) in disks.iter().enumerate() {
+        let s = d.driver_stats();
+        let fast = s.fast_submitted.load(std::sync::atomic::Ordering::Relaxed);
+        let fell_back = s.fast_fallbacks.load(std::sync::atomic::Ordering::Relaxed);
+        if i < 3 {
+            assert!(
+                fast > 64 * 3 && fell_back < fast,
+                "disk {i}: {fast} fast submissions, {fell_back} fallbacks"
+            );
+        } else {
+            assert!(fell_back >= 64, "FUSE disk: {fell_back} fallbacks");
+        }
+    }
     drop(disks);
     drop(fs);
     drop(scratch);

@@ -55,7 +55,7 @@ struct Cli {
     /// Percentage of reads for randrw.
     #[arg(long, default_value_t = 50)]
     rwmixread: u8,
-    /// uring | uring-nodeadline | psync | tokio-fs | all
+    /// uring | uring-nodeadline | uring-thread | psync | tokio-fs | all
     #[arg(long, default_value = "uring")]
     engine: String,
     /// Deadline of each operation for the `uring` engine.

@@ -134,6 +134,9 @@ pub(crate) struct FileInner {
     permit: std::sync::Mutex<Option<OwnedSemaphorePermit>>,
     /// Set when [`crate::Driver::close`] took the fd over.
     taken: AtomicBool,
+    /// The file system said `-EOPNOTSUPP` to a `RWF_NOWAIT` op: this file's
+    /// reads and writes go straight to the ring thread.
+    nowait_unsupported: AtomicBool,
 }
 
 impl FileInner {
@@ -150,7 +153,17 @@ impl FileInner {
             closer,
             permit: std::sync::Mutex::new(permit),
             taken: AtomicBool::new(false),
+            nowait_unsupported: AtomicBool::new(false),
         }
+    }
+
+    /// Whether a `RWF_NOWAIT` op on this file may be tried.
+    pub(crate) fn nowait_capable(&self) -> bool {
+        !self.nowait_unsupported.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_nowait_unsupported(&self) {
+        self.nowait_unsupported.store(true, Ordering::Relaxed);
     }
 
     pub(crate) fn closes_inline(&self) -> bool {

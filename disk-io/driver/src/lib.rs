@@ -38,6 +38,7 @@
 
 pub mod buf;
 mod error;
+mod fast;
 mod file;
 mod ops;
 mod pool;
@@ -45,6 +46,7 @@ mod pool;
 mod raw;
 mod ring;
 mod stat;
+mod table;
 
 pub use buf::{AlignedBuf, IoBuf};
 pub use error::{DriverError, OsError, EINVAL, EIO};
@@ -92,6 +94,11 @@ pub struct DriverConfig {
     /// How long a dropped driver's ring thread waits for outstanding ops
     /// before it leaks them (bounds teardown, never a caller).
     pub shutdown_grace: Duration,
+    /// Reads and writes go through the fast ring (submitted from the
+    /// caller's thread with `RWF_NOWAIT`, reaped on the runtime; see
+    /// `fast`), falling back to the ring thread when the kernel would block.
+    /// Off: every op goes through the ring thread (the bench prices both).
+    pub fast_path: bool,
 }
 
 impl Default for DriverConfig {
@@ -105,6 +112,7 @@ impl Default for DriverConfig {
             blocking_threads: 2,
             zombie_cap: 32,
             shutdown_grace: Duration::from_secs(2),
+            fast_path: true,
         }
     }
 }
@@ -150,6 +158,11 @@ pub struct DriverStats {
     pub completed: AtomicU64,
     /// Completions that were cancellations by the deadline.
     pub timed_out: AtomicU64,
+    /// Reads and writes submitted on the fast ring.
+    pub fast_submitted: AtomicU64,
+    /// Fast-ring ops the kernel refused to run without blocking
+    /// (`-EAGAIN`, `-EOPNOTSUPP`), run again on the ring thread.
+    pub fast_fallbacks: AtomicU64,
 }
 
 impl DriverStats {
@@ -166,6 +179,8 @@ impl DriverStats {
 
 struct Shared {
     tx: Sender<Msg>,
+    /// `None` when [`DriverConfig::fast_path`] is off.
+    fast: Option<Arc<fast::FastRing>>,
     closer: Closer,
     inflight: Arc<Semaphore>,
     files: Arc<Semaphore>,
@@ -191,6 +206,9 @@ impl Shared {
 
 impl Drop for Shared {
     fn drop(&mut self) {
+        if let Some(f) = &self.fast {
+            f.close();
+        }
         let _ = self.tx.try_send(Msg::Shutdown);
         wake(&self.closer.wake);
         // Not joined: the thread may wait up to the shutdown grace for a
@@ -248,6 +266,17 @@ struct Done {
     res: i32,
     op: Op,
     file: Option<File>,
+}
+
+/// How one submission ended, short of an error.
+enum Attempt {
+    Done(Done),
+    /// The fast ring's kernel would have blocked (`-EAGAIN`), or the file
+    /// has no non-blocking path at all (`unsupported`: `-EOPNOTSUPP`).
+    WouldBlock {
+        op: Op,
+        unsupported: bool,
+    },
 }
 
 impl Driver {
@@ -317,9 +346,23 @@ impl Driver {
             Arc::new(DriverStats::default()),
         )
         .map_err(io_err)?;
+        let fast = if cfg.fast_path {
+            let ring = fast::FastRing::new(
+                name,
+                cfg.ring_entries,
+                cfg.max_in_flight,
+                stats.clone(),
+                closer.clone(),
+            )
+            .map_err(io_err)?;
+            Some(Arc::new(ring))
+        } else {
+            None
+        };
         Ok(Driver {
             shared: Arc::new(Shared {
                 tx,
+                fast,
                 closer,
                 inflight: Arc::new(Semaphore::new(cfg.max_in_flight)),
                 files: Arc::new(Semaphore::new(cfg.max_open_files)),
@@ -361,8 +404,13 @@ impl Driver {
     }
 
     /// Run `op` with the kernel told about `kernel_deadline` (a LinkTimeout
-    /// and the ring's deadline heap) when it is set; the caller waits at
-    /// most until `wait_until` either way. A negative CQE result is an error.
+    /// and, on the ring thread, its deadline heap) when it is set; the
+    /// caller waits at most until `wait_until` either way. A negative CQE
+    /// result is an error.
+    ///
+    /// Reads and writes try the fast ring first (see `fast`); what the
+    /// kernel would not run there without blocking runs again on the ring
+    /// thread, under the same deadline.
     async fn run(
         &self,
         op: Op,
@@ -372,6 +420,73 @@ impl Driver {
         file_permit: Option<OwnedSemaphorePermit>,
     ) -> Result<Done, DriverError> {
         let started = Instant::now();
+        let fast = self
+            .shared
+            .fast
+            .as_ref()
+            .filter(|_| op.is_data())
+            .filter(|_| keep[0].as_ref().is_some_and(|f| f.inner.nowait_capable()));
+        let op = match fast {
+            Some(fast) => {
+                let attempt = self.run_once(
+                    Some(fast),
+                    op,
+                    keep.clone(),
+                    kernel_deadline,
+                    wait_until,
+                    None,
+                    started,
+                );
+                match attempt.await? {
+                    Attempt::Done(done) => return Ok(done),
+                    Attempt::WouldBlock { op, unsupported } => {
+                        self.shared
+                            .stats
+                            .fast_fallbacks
+                            .fetch_add(1, Ordering::Relaxed);
+                        if unsupported {
+                            if let Some(f) = &keep[0] {
+                                f.inner.set_nowait_unsupported();
+                            }
+                        }
+                        op
+                    }
+                }
+            }
+            None => op,
+        };
+        match self
+            .run_once(
+                None,
+                op,
+                keep,
+                kernel_deadline,
+                wait_until,
+                file_permit,
+                started,
+            )
+            .await?
+        {
+            Attempt::Done(done) => Ok(done),
+            Attempt::WouldBlock { .. } => {
+                unreachable!("only the fast ring hands an op back")
+            }
+        }
+    }
+
+    /// One submission, to the fast ring when `fast` is set (and it takes
+    /// the op), else to the ring thread.
+    #[allow(clippy::too_many_arguments)]
+    async fn run_once(
+        &self,
+        fast: Option<&Arc<fast::FastRing>>,
+        op: Op,
+        keep: [Option<File>; 2],
+        kernel_deadline: Option<Deadline>,
+        wait_until: Deadline,
+        file_permit: Option<OwnedSemaphorePermit>,
+        started: Instant,
+    ) -> Result<Attempt, DriverError> {
         let timed_out = || DriverError::Deadline {
             waited: started.elapsed(),
         };
@@ -392,15 +507,25 @@ impl Driver {
             file_permit,
             keep,
         };
-        // The channel holds a message per permit: a failed send means the
-        // ring thread is gone.
-        self.shared
-            .tx
-            .try_send(Msg::Submit(sub))
-            .map_err(|_| DriverError::ShutDown)?;
-        self.shared.nudge();
+        let (sub, on_fast) = match fast {
+            Some(f) => match f.submit(sub) {
+                None => (None, true),
+                refused => (refused, false),
+            },
+            None => (Some(sub), false),
+        };
+        if let Some(sub) = sub {
+            // The channel holds a message per permit: a failed send means the
+            // ring thread is gone.
+            self.shared
+                .tx
+                .try_send(Msg::Submit(sub))
+                .map_err(|_| DriverError::ShutDown)?;
+            self.shared.nudge();
+        }
         let guard = CancelGuard {
             shared: &self.shared,
+            fast: fast.filter(|_| on_fast),
             op_id,
             armed: true,
         };
@@ -417,8 +542,14 @@ impl Driver {
                     // here, which closes it through the ring.
                     Some(_) if kernel_timed_out => Err(timed_out()),
                     None => Err(timed_out()),
+                    Some(op) if on_fast && (res == -libc::EAGAIN || res == -libc::EOPNOTSUPP) => {
+                        Ok(Attempt::WouldBlock {
+                            op,
+                            unsupported: res == -libc::EOPNOTSUPP,
+                        })
+                    }
                     Some(_) if res < 0 => Err(DriverError::os(-res)),
-                    Some(op) => Ok(Done { res, op, file }),
+                    Some(op) => Ok(Attempt::Done(Done { res, op, file })),
                 }
             }
             Ok(Err(_)) => {
@@ -835,6 +966,8 @@ impl Driver {
 /// future was dropped mid-flight.
 struct CancelGuard<'a> {
     shared: &'a Shared,
+    /// Set when the op went to the fast ring.
+    fast: Option<&'a Arc<fast::FastRing>>,
     op_id: u64,
     armed: bool,
 }
@@ -847,8 +980,16 @@ impl CancelGuard<'_> {
 
 impl Drop for CancelGuard<'_> {
     fn drop(&mut self) {
-        if self.armed && self.shared.tx.try_send(Msg::Cancel(self.op_id)).is_ok() {
-            self.shared.nudge();
+        if !self.armed {
+            return;
+        }
+        match self.fast {
+            Some(f) => f.cancel(self.op_id),
+            None => {
+                if self.shared.tx.try_send(Msg::Cancel(self.op_id)).is_ok() {
+                    self.shared.nudge();
+                }
+            }
         }
     }
 }

@@ -105,7 +105,12 @@ pub(crate) enum Op {
 impl Op {
     /// Build the SQE. The pointers inside stay valid because `self` is kept
     /// in the op table, unmoved on the heap where it matters, until the CQE.
-    pub(crate) fn entry(&mut self) -> squeue::Entry {
+    /// With `nowait`, reads and writes carry `RWF_NOWAIT`: the kernel either
+    /// issues them without blocking the submitting thread or fails them with
+    /// `-EAGAIN` (`-EOPNOTSUPP` where the file has no non-blocking path),
+    /// and never punts them to io-wq (see `fast`).
+    pub(crate) fn entry(&mut self, nowait: bool) -> squeue::Entry {
+        let rw_flags: i32 = if nowait { libc::RWF_NOWAIT } else { 0 };
         match self {
             // Always punted to io-wq: a non-blocking open attempt inline can
             // still block in a file system's open handler (FUSE sends OPEN and
@@ -125,6 +130,7 @@ impl Op {
                 let len = (*len).min(buf.capacity() as u32);
                 opcode::Read::new(types::Fd(*fd), buf.as_mut_ptr(), len)
                     .offset(*offset)
+                    .rw_flags(rw_flags)
                     .build()
             }
             Op::Write {
@@ -139,6 +145,7 @@ impl Op {
                 let ptr = unsafe { buf.as_ptr().add(skip) };
                 opcode::Write::new(types::Fd(*fd), ptr, len)
                     .offset(*offset + skip as u64)
+                    .rw_flags(rw_flags)
                     .build()
             }
             Op::Fsync { fd, datasync } => {
@@ -188,6 +195,11 @@ impl Op {
             }
             Op::Close { fd } => opcode::Close::new(types::Fd(*fd)).build(),
         }
+    }
+
+    /// A read or write: what the fast ring may run (see `fast`).
+    pub(crate) fn is_data(&self) -> bool {
+        matches!(self, Op::Read { .. } | Op::Write { .. })
     }
 
     /// After a successful read, mark the bytes the kernel wrote as valid.

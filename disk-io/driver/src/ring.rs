@@ -11,7 +11,7 @@
 //! backstop in [`super::Driver::submit`].
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -21,8 +21,9 @@ use crossbeam_channel::Receiver;
 use io_uring::{opcode, squeue, types, IoUring};
 use tokio::sync::{oneshot, OwnedSemaphorePermit};
 
-use crate::file::{Closer, File, FileInner};
+use crate::file::{Closer, File};
 use crate::ops::Op;
+use crate::table::{OpTable, TAG_CONTROL, TAG_SHIFT, UD_IGNORE};
 use crate::DriverStats;
 use disk_io_api::Deadline;
 
@@ -89,100 +90,10 @@ pub(crate) enum Msg {
     Shutdown,
 }
 
-// user_data layout: [63:62] tag, [61:32] slot generation, [31:0] slot index
-// (or an fd for closes of files nobody waits for).
-const TAG_SHIFT: u32 = 62;
-const TAG_OP: u64 = 0;
-const TAG_TIMEOUT: u64 = 1;
-const TAG_CONTROL: u64 = 3;
-const GEN_MASK: u64 = (1 << 30) - 1;
 const UD_WAKE: u64 = (TAG_CONTROL << TAG_SHIFT) | 1;
-const UD_IGNORE: u64 = (TAG_CONTROL << TAG_SHIFT) | 2;
 const UD_TICK: u64 = (TAG_CONTROL << TAG_SHIFT) | 3;
 /// How often a shutting-down ring thread re-checks whether its ops are done.
 const SHUTDOWN_TICK: Duration = Duration::from_millis(20);
-
-fn user_data(tag: u64, gen: u32, idx: u32) -> u64 {
-    (tag << TAG_SHIFT) | ((gen as u64 & GEN_MASK) << 32) | idx as u64
-}
-
-fn decode(ud: u64) -> (u64, u32, u32) {
-    (
-        ud >> TAG_SHIFT,
-        ((ud >> 32) & GEN_MASK) as u32,
-        (ud & 0xffff_ffff) as u32,
-    )
-}
-
-struct Slot {
-    op: Option<Op>,
-    op_id: u64,
-    reply: Option<oneshot::Sender<Completion>>,
-    deadline: Option<Deadline>,
-    _timespec: Option<Box<types::Timespec>>,
-    _inflight_permit: Option<OwnedSemaphorePermit>,
-    file_permit: Option<OwnedSemaphorePermit>,
-    cancellable: bool,
-    _keep: [Option<File>; 2],
-    op_done: bool,
-    timer_fired: bool,
-    /// Nobody waits for this op any more and its CQE has not come: a zombie.
-    abandoned: bool,
-}
-
-/// Fixed-capacity table of in-flight operations.
-///
-/// **Invariant:** the table is never full when an op arrives. Its capacity
-/// is `max_in_flight + max_open_files`, every op holds an in-flight permit
-/// until its slot is freed, and every close holds the file permit of the
-/// fd it closes; the semaphores in front are the bound. A full table is a
-/// bug in the accounting and stops the ring thread (assert), rather than
-/// being reported to a caller as if the disk had failed.
-struct OpTable {
-    slots: Vec<Option<Slot>>,
-    gens: Vec<u32>,
-    free: Vec<u32>,
-}
-
-impl OpTable {
-    fn new(capacity: usize) -> OpTable {
-        OpTable {
-            slots: (0..capacity).map(|_| None).collect(),
-            gens: vec![0; capacity],
-            free: (0..capacity as u32).rev().collect(),
-        }
-    }
-
-    fn alloc(&mut self, slot: Slot) -> Option<(u32, u32)> {
-        let idx = self.free.pop()?;
-        let i = idx as usize;
-        debug_assert!(self.slots[i].is_none());
-        self.gens[i] = (self.gens[i].wrapping_add(1)) & GEN_MASK as u32;
-        self.slots[i] = Some(slot);
-        Some((idx, self.gens[i]))
-    }
-
-    fn get(&mut self, idx: u32, gen: u32) -> Option<&mut Slot> {
-        let i = idx as usize;
-        if i < self.slots.len() && self.gens[i] == gen {
-            self.slots[i].as_mut()
-        } else {
-            None
-        }
-    }
-
-    fn release(&mut self, idx: u32) -> Option<Slot> {
-        let s = self.slots.get_mut(idx as usize)?.take();
-        if s.is_some() {
-            self.free.push(idx);
-        }
-        s
-    }
-
-    fn in_use(&self) -> usize {
-        self.slots.len() - self.free.len()
-    }
-}
 
 /// What a ring thread is built from.
 pub(crate) struct RingParams {
@@ -211,12 +122,10 @@ pub(crate) struct RingThread {
     parked: Arc<AtomicBool>,
     wake_buf: Box<u64>,
     table: OpTable,
-    by_op_id: HashMap<u64, (u32, u32)>,
     /// Deadlines of ops in the table, earliest first. Entries of ops that
     /// already completed are skipped lazily (their generation no longer
     /// matches, or the op is done).
     deadlines: BinaryHeap<Reverse<(Instant, u32, u32)>>,
-    stats: Arc<DriverStats>,
     shutdown_grace: Duration,
     shutdown_at: Option<Instant>,
     tick_ts: Box<types::Timespec>,
@@ -258,10 +167,8 @@ impl RingThread {
             wake_fd,
             parked,
             wake_buf: Box::new(0),
-            table: OpTable::new(table_capacity),
-            by_op_id: HashMap::with_capacity(table_capacity),
+            table: OpTable::new(table_capacity, stats, closer.clone(), name.clone()),
             deadlines: BinaryHeap::with_capacity(table_capacity),
-            stats,
             shutdown_grace,
             shutdown_at: None,
             tick_ts: Box::new(types::Timespec::from(SHUTDOWN_TICK)),
@@ -361,18 +268,12 @@ impl RingThread {
     }
 
     /// Ops the kernel still holds point into buffers in the op table;
-    /// freeing them would let a late completion write into freed memory.
-    /// Leak them, and the ring with them, deliberately: the amount is bounded
-    /// by the op table's capacity, and it happens only when a disk is dropped
-    /// while its device is hung.
+    /// freeing them would let a late completion write into freed memory, so
+    /// the table, the ring and the buffers of the ring's own entries are
+    /// leaked then (see [`OpTable::leak_if_outstanding`]).
     fn leak_outstanding(self) {
         if self.table.in_use() > 0 {
-            tracing::warn!(
-                disk = %self.name,
-                outstanding = self.table.in_use(),
-                "ring thread exits with operations still held by the kernel; leaking their buffers"
-            );
-            std::mem::forget(self.table);
+            self.table.leak_if_outstanding();
             std::mem::forget(self.ring);
             std::mem::forget(self.wake_buf);
             std::mem::forget(self.tick_ts);
@@ -419,87 +320,22 @@ impl RingThread {
     }
 
     fn submit(&mut self, s: Submission) {
-        let Submission {
-            mut op,
-            deadline,
-            op_id,
-            reply,
-            inflight_permit,
-            file_permit,
-            cancellable,
-            keep,
-        } = s;
-        let remaining = deadline.map(|d| d.remaining());
-        if remaining == Some(Duration::ZERO) {
-            if let Some(tx) = reply {
-                let _ = tx.send(Completion {
-                    res: -libc::ETIME,
-                    timed_out: true,
-                    op: Some(op),
-                    file: None,
-                });
-            }
+        let deadline = s.deadline;
+        let Some(admitted) = self.table.admit(s, false) else {
             return;
-        }
-        let timespec = remaining.map(|r| Box::new(types::Timespec::from(r)));
-        let mut entry = op.entry();
-        let slot = Slot {
-            op: Some(op),
-            op_id,
-            reply,
-            deadline,
-            _timespec: None,
-            _inflight_permit: inflight_permit,
-            file_permit,
-            cancellable,
-            _keep: keep,
-            op_done: false,
-            timer_fired: false,
-            abandoned: false,
         };
-        let Some((idx, gen)) = self.table.alloc(slot) else {
-            panic!(
-                "disk {}: op table full ({} slots) despite the permits in front of it",
-                self.name,
-                self.table.slots.len()
-            );
-        };
-        self.by_op_id.insert(op_id, (idx, gen));
         if let Some(d) = deadline {
-            self.deadlines.push(Reverse((d.instant(), idx, gen)));
+            self.deadlines
+                .push(Reverse((d.instant(), admitted.idx, admitted.gen)));
         }
-        self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
-        self.stats.submitted.fetch_add(1, Ordering::Relaxed);
-        entry = entry.user_data(user_data(TAG_OP, gen, idx));
-        match timespec {
-            Some(ts) => {
-                // SKIP_SUCCESS: when the op finishes first the timer's
-                // -ECANCELED completion is not posted, saving a CQE per op. A
-                // timer that fires still posts (-ETIME/-EALREADY); it may come
-                // after the op's CQE freed the slot, and is then dropped by
-                // the generation check.
-                let timeout = opcode::LinkTimeout::new(&*ts as *const _)
-                    .build()
-                    .flags(squeue::Flags::SKIP_SUCCESS)
-                    .user_data(user_data(TAG_TIMEOUT, gen, idx));
-                if let Some(slot) = self.table.get(idx, gen) {
-                    slot._timespec = Some(ts);
-                }
-                self.push(&[entry.flags(squeue::Flags::IO_LINK), timeout]);
-            }
-            None => self.push(&[entry]),
-        }
+        self.push(admitted.entries());
     }
 
     /// Time until the earliest deadline of an op still waiting, dropping
     /// heap entries of ops that are gone or already answered.
     fn next_expiry(&mut self) -> Option<Duration> {
         while let Some(&Reverse((at, idx, gen))) = self.deadlines.peek() {
-            let live = self
-                .table
-                .get(idx, gen)
-                .is_some_and(|s| !s.op_done && s.reply.is_some());
-            if live {
+            if self.table.is_waiting(idx, gen) {
                 return Some(at.saturating_duration_since(Instant::now()));
             }
             self.deadlines.pop();
@@ -521,51 +357,20 @@ impl RingThread {
                 break;
             }
             self.deadlines.pop();
-            let Some(slot) = self.table.get(idx, gen) else {
-                continue;
-            };
-            if slot.op_done {
-                continue;
+            if let Some(op_id) = self.table.expire(idx, gen) {
+                self.cancel(op_id);
             }
-            let Some(tx) = slot.reply.take() else {
-                continue;
-            };
-            slot.timer_fired = true;
-            let _ = tx.send(Completion {
-                res: -libc::ETIME,
-                timed_out: true,
-                op: None,
-                file: None,
-            });
-            let op_id = slot.op_id;
-            self.cancel(op_id);
         }
     }
 
     fn cancel(&mut self, op_id: u64) {
-        let Some(&(idx, gen)) = self.by_op_id.get(&op_id) else {
-            return; // already completed
-        };
-        let Some(slot) = self.table.get(idx, gen) else {
-            return;
-        };
-        slot.reply = None;
-        if !slot.op_done && !slot.abandoned {
-            slot.abandoned = true;
-            self.stats.zombies.fetch_add(1, Ordering::Relaxed);
+        if let Some(e) = self.table.abandon(op_id) {
+            self.push(&[e]);
         }
-        if !slot.cancellable {
-            return;
-        }
-        let e = opcode::AsyncCancel::new(user_data(TAG_OP, gen, idx))
-            .build()
-            .user_data(UD_IGNORE);
-        self.push(&[e]);
     }
 
     fn cancel_all(&mut self) {
-        let ids: Vec<u64> = self.by_op_id.keys().copied().collect();
-        for id in ids {
+        for id in self.table.op_ids() {
             self.cancel(id);
         }
     }
@@ -589,154 +394,10 @@ impl RingThread {
                     tracing::error!(disk = %self.name, res, "eventfd read failed");
                 }
                 self.arm_wake();
-                return;
             }
-            UD_TICK => {
-                self.tick_outstanding = false;
-                return;
-            }
-            UD_IGNORE => return,
-            _ => {}
+            UD_TICK => self.tick_outstanding = false,
+            UD_IGNORE => {}
+            _ => self.table.complete(ud, res),
         }
-        let (tag, gen, idx) = decode(ud);
-        match tag {
-            TAG_TIMEOUT => {
-                if let Some(slot) = self.table.get(idx, gen) {
-                    // -ETIME: fired and cancelled the op; -EALREADY/-ENOENT: fired
-                    // but the op was running or just finished. -ECANCELED: the op
-                    // completed first and the timer was removed.
-                    if res != -libc::ECANCELED && !slot.op_done {
-                        slot.timer_fired = true;
-                        // Answer the caller now, on the kernel's timer, rather than
-                        // when the op's own CQE comes (which for an op stuck in a
-                        // hung device may be never). The op stays in the table
-                        // with its buffers until that CQE: a zombie.
-                        if let Some(tx) = slot.reply.take() {
-                            let _ = tx.send(Completion {
-                                res: -libc::ETIME,
-                                timed_out: true,
-                                op: None,
-                                file: None,
-                            });
-                        }
-                        if !slot.abandoned {
-                            slot.abandoned = true;
-                            self.stats.zombies.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                }
-            }
-            TAG_OP => {
-                let Some(slot) = self.table.get(idx, gen) else {
-                    return;
-                };
-                slot.op_done = true;
-                if slot.abandoned {
-                    self.stats.zombies.fetch_sub(1, Ordering::Relaxed);
-                }
-                let op_id = slot.op_id;
-                let deadline_passed = slot.deadline.is_some_and(|d| d.is_expired());
-                // -ERESTARTSYS (512) leaks out of io-wq when a blocking op is
-                // interrupted by our cancel; like -EINTR it means "cancelled".
-                const ERESTARTSYS: i32 = 512;
-                let interrupted = res == -libc::EINTR || res == -ERESTARTSYS;
-                let timed_out = res == -libc::ECANCELED
-                    || res == -libc::ETIME
-                    || (interrupted && (slot.timer_fired || deadline_passed))
-                    || slot.timer_fired && res < 0;
-                let mut op = slot.op.take();
-                if let Some(op) = op.as_mut() {
-                    op.complete(res);
-                }
-                let reply = slot.reply.take();
-                let file_permit = slot.file_permit.take();
-                self.by_op_id.remove(&op_id);
-                self.stats.completed.fetch_add(1, Ordering::Relaxed);
-                if timed_out {
-                    self.stats.timed_out.fetch_add(1, Ordering::Relaxed);
-                }
-                // A successful open owns a new fd from here on, whoever
-                // (if anyone) still waits for it.
-                let file = match &op {
-                    Some(Op::OpenAt { close_inline, .. }) if res >= 0 => Some(File {
-                        inner: Arc::new(FileInner::new(
-                            res,
-                            *close_inline,
-                            self.closer.clone(),
-                            file_permit,
-                        )),
-                    }),
-                    _ => {
-                        drop(file_permit);
-                        None
-                    }
-                };
-                if let Some(tx) = reply {
-                    // A send to a caller that has gone hands the completion
-                    // back; dropping it closes the file through the ring.
-                    let _ = tx.send(Completion {
-                        res,
-                        timed_out,
-                        op,
-                        file,
-                    });
-                }
-                self.maybe_free(idx, gen);
-            }
-            _ => {}
-        }
-    }
-
-    fn maybe_free(&mut self, idx: u32, gen: u32) {
-        let done = self.table.get(idx, gen).is_some_and(|s| s.op_done);
-        if done {
-            self.table.release(idx);
-            self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn user_data_round_trips_and_never_collides_with_control() {
-        for &(tag, gen, idx) in &[
-            (TAG_OP, 0, 0),
-            (TAG_TIMEOUT, 5, 7),
-            (TAG_OP, GEN_MASK as u32, u32::MAX),
-        ] {
-            let ud = user_data(tag, gen, idx);
-            assert_eq!(decode(ud), (tag, gen, idx));
-            assert_ne!(ud >> TAG_SHIFT, TAG_CONTROL);
-        }
-    }
-
-    #[test]
-    fn op_table_reuses_slots_with_new_generation() {
-        let mut t = OpTable::new(2);
-        let mk = || Slot {
-            op: None,
-            op_id: 0,
-            reply: None,
-            deadline: None,
-            _timespec: None,
-            _inflight_permit: None,
-            file_permit: None,
-            cancellable: true,
-            _keep: [None, None],
-            op_done: false,
-            timer_fired: false,
-            abandoned: false,
-        };
-        let (a, ga) = t.alloc(mk()).expect("slot");
-        let (_b, _) = t.alloc(mk()).expect("slot");
-        assert!(t.alloc(mk()).is_none(), "capacity is a hard bound");
-        assert!(t.release(a).is_some());
-        let (a2, ga2) = t.alloc(mk()).expect("slot");
-        assert_eq!(a, a2);
-        assert_ne!(ga, ga2, "stale user_data must not match a reused slot");
-        assert!(t.get(a, ga).is_none());
     }
 }

@@ -246,13 +246,7 @@ pub fn stallable_disk() -> StallableDisk {
     privilege::require_ext4_on_loop().expect("this test attaches a loop device");
     let (scratch, fs) = FaultFs::mount_scratch().expect("mount faultfs");
     let ctl = fs.control();
-    let ext4 = Ext4OnLoop::create(
-        &fs.mountpoint().join("disk.img"),
-        64 << 20,
-        &scratch.subdir("ext4").expect("mount dir"),
-    )
-    .expect("ext4 on loop on faultfs")
-    .with_fault_control(ctl.clone());
+    let ext4 = Ext4OnLoop::over_faultfs(&fs, &scratch, 64 << 20).expect("ext4 on loop on faultfs");
     let dev = dev_name(ext4.loop_device().path());
     StallableDisk {
         ext4,

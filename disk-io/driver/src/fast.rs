@@ -1,0 +1,414 @@
+//! The fast ring: reads and writes on open files, submitted from the
+//! caller's own thread with `RWF_NOWAIT` and reaped by a tokio task woken
+//! through an eventfd the ring signals, so a data op crosses no thread of
+//! ours: the caller enters the kernel once, and the completion is run by
+//! whichever runtime worker the reactor wakes (usually the one that
+//! submitted), which then runs the waiting task on the spot.
+//!
+//! Why data ops only, and why `RWF_NOWAIT`: io_uring hands work that would
+//! block to io-wq workers that belong to the *submitting* thread. Opens,
+//! statx, fsync, rename and unlink on a possibly hung file system stay on
+//! the disk's ring thread (`ring`), so a hung disk's stuck workers are that
+//! thread's and capped per disk. A `RWF_NOWAIT` read or write is never
+//! punted: the kernel either issues it without blocking (an O_DIRECT bio
+//! queued to the device, a page-cache hit copied inline) or fails it at
+//! once with `-EAGAIN` (page-cache miss, a lock taken, a full device queue)
+//! or `-EOPNOTSUPP` (a file system without a non-blocking path, FUSE among
+//! them). The driver then runs the same op on the ring thread; a file that
+//! said `-EOPNOTSUPP` goes there directly from then on. So a caller's thread
+//! never blocks in the kernel, and a tokio worker never owns an io-wq
+//! worker a hung device could capture.
+//!
+//! Deadlines: every op is linked to a `LinkTimeout` (a kernel hrtimer). An
+//! op the kernel cannot cancel (a bio a hung device holds) is answered on
+//! the timer's CQE and stays in the table as a zombie, holding its permit,
+//! until its own CQE, exactly as on the ring thread. The caller's own
+//! `timeout_at` stays the backstop.
+//!
+//! **Invariant:** the table and the SQ are touched only under `inner`'s
+//! lock; `io_uring_enter` is called outside it (a page-cache hit is copied
+//! inside that call, and another worker must not wait for the copy).
+//! Whoever pushes entries enters the kernel for them, and the reaper flushes
+//! whatever an interrupted enter left, so no pushed entry stays unsubmitted.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use io_uring::{squeue, IoUring};
+use tokio::io::unix::AsyncFd;
+
+use crate::file::Closer;
+use crate::ring::Submission;
+use crate::table::{OpTable, UD_IGNORE};
+use crate::DriverStats;
+
+/// How many times a submitter retries an `io_uring_enter` the kernel
+/// refused for a full CQ (`EBUSY`), reaping in between, before it leaves
+/// its entries to the reaper's flush.
+const ENTER_RETRIES: usize = 4;
+
+struct Inner {
+    // `Option`s so that `Drop` can leak them when the kernel still holds ops.
+    ring: Option<IoUring>,
+    table: Option<OpTable>,
+}
+
+impl Inner {
+    fn parts(&mut self) -> (&mut IoUring, &mut OpTable) {
+        match (self.ring.as_mut(), self.table.as_mut()) {
+            (Some(r), Some(t)) => (r, t),
+            _ => unreachable!("ring and table are taken only in Drop"),
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let outstanding = self.table.as_ref().map_or(0, |t| t.in_use());
+        if outstanding > 0 {
+            // The kernel may still write into buffers the table owns: leak
+            // both (see OpTable::leak_if_outstanding).
+            if let Some(t) = self.table.take() {
+                t.leak_if_outstanding();
+            }
+            std::mem::forget(self.ring.take());
+        }
+    }
+}
+
+/// The eventfd the ring signals at every CQE, as tokio's reactor sees it.
+struct EventFd(Arc<OwnedFd>);
+
+impl AsRawFd for EventFd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+/// One disk's fast ring (see the module docs).
+pub(crate) struct FastRing {
+    inner: Mutex<Inner>,
+    ring_fd: RawFd,
+    efd: Arc<OwnedFd>,
+    /// A reaper task is alive on some runtime.
+    reaper_running: AtomicBool,
+    /// A runtime without I/O was met: the fast ring stays unused.
+    no_reactor: AtomicBool,
+    /// An enter gave up with entries left in the SQ.
+    unflushed: AtomicBool,
+    /// The driver is gone: refuse new ops; the reaper ends when the last
+    /// outstanding op completes.
+    closed: AtomicBool,
+    stats: Arc<DriverStats>,
+    name: String,
+}
+
+impl FastRing {
+    /// Build the ring with `entries` SQ entries (the CQ gets four times as
+    /// many: each op can post its own CQE, its timer's and a cancel's) and
+    /// an op table of `capacity` slots.
+    pub(crate) fn new(
+        name: &str,
+        entries: u32,
+        capacity: usize,
+        stats: Arc<DriverStats>,
+        closer: Closer,
+    ) -> std::io::Result<FastRing> {
+        // Not SINGLE_ISSUER: every caller's thread submits. Not
+        // COOP_TASKRUN: completions are task work of the submitting thread,
+        // and without the notification a worker parked on a condvar would
+        // sit on them until it next entered the kernel.
+        let ring = IoUring::builder()
+            .setup_cqsize(entries.saturating_mul(4))
+            .setup_clamp()
+            .build(entries)?;
+        // SAFETY: plain syscall; the fd is checked and owned right after.
+        let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if efd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: efd is a fresh fd nobody else owns.
+        let efd = Arc::new(unsafe { OwnedFd::from_raw_fd(efd) });
+        // Not the _async variant: that one signals only completions posted by
+        // io-wq workers, and these ops never go there.
+        ring.submitter().register_eventfd(efd.as_raw_fd())?;
+        let ring_fd = ring.as_raw_fd();
+        Ok(FastRing {
+            inner: Mutex::new(Inner {
+                ring: Some(ring),
+                table: Some(OpTable::new(capacity, stats.clone(), closer, name.into())),
+            }),
+            ring_fd,
+            efd,
+            reaper_running: AtomicBool::new(false),
+            no_reactor: AtomicBool::new(false),
+            unflushed: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            stats,
+            name: name.into(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic under the lock (the table's full-table assert) leaves the
+        // table consistent enough to keep reaping what the kernel returns.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Submit `s` (a read or write). Hands it back when the fast path
+    /// cannot take it: the driver is closing, or there is no tokio runtime
+    /// with I/O enabled to run a reaper on.
+    pub(crate) fn submit(self: &Arc<Self>, s: Submission) -> Option<Submission> {
+        debug_assert!(s.op.is_data());
+        if self.closed.load(Ordering::Acquire) || !self.ensure_reaper() {
+            return Some(s);
+        }
+        let pushed = {
+            let mut g = self.lock();
+            let (ring, table) = g.parts();
+            let Some(admitted) = table.admit(s, true) else {
+                return None; // answered already: the deadline had passed
+            };
+            Self::push(ring, table, admitted.entries());
+            admitted.len
+        };
+        self.stats.fast_submitted.fetch_add(1, Ordering::Relaxed);
+        self.enter(pushed);
+        // A page-cache hit or an immediate -EAGAIN completed inside the
+        // enter: hand it over now rather than after a trip through the
+        // reactor.
+        self.reap();
+        None
+    }
+
+    /// The caller of `op_id` has gone: cancel the op (a zombie until its CQE).
+    pub(crate) fn cancel(&self, op_id: u64) {
+        let pushed = {
+            let mut g = self.lock();
+            let (ring, table) = g.parts();
+            match table.abandon(op_id) {
+                Some(e) => {
+                    Self::push(ring, table, &[e]);
+                    1
+                }
+                None => 0,
+            }
+        };
+        if pushed > 0 {
+            self.enter(pushed);
+        }
+    }
+
+    /// Push `entries` as one unit. The SQ holds `ring_entries`; entries in
+    /// it are there only between a push and its enter, a handful at a time,
+    /// so a full SQ means enters are failing: flush under the lock until
+    /// there is room.
+    fn push(ring: &mut IoUring, table: &mut OpTable, entries: &[squeue::Entry]) {
+        loop {
+            let room = {
+                let sq = ring.submission();
+                sq.capacity() - sq.len()
+            };
+            if room >= entries.len() {
+                break;
+            }
+            if let Err(e) = ring.submit() {
+                if !matches!(e.raw_os_error(), Some(libc::EINTR) | Some(libc::EBUSY)) {
+                    tracing::error!(error = %e, "fast ring: submit failed while flushing");
+                }
+                // EBUSY: the CQ is full; make room before trying again.
+                Self::drain(ring, table);
+            }
+        }
+        // SAFETY: every entry's pointers refer to memory owned by the op
+        // table, which keeps it until the matching CQE has been reaped.
+        let pushed = unsafe { ring.submission().push_multiple(entries) };
+        debug_assert!(pushed.is_ok(), "room was checked above");
+    }
+
+    /// `io_uring_enter` for `n` entries pushed by this thread, outside the
+    /// lock. Retries an interrupted call; on a full CQ it reaps and retries a
+    /// few times, then leaves the entries to the reaper's flush.
+    fn enter(&self, mut n: usize) {
+        for _ in 0..ENTER_RETRIES {
+            // SAFETY: io_uring_enter on a ring fd we own, submitting entries
+            // already in the SQ; no argument points into our memory.
+            let r = unsafe {
+                libc::syscall(
+                    libc::SYS_io_uring_enter,
+                    self.ring_fd,
+                    n as u32,
+                    0u32,
+                    0u32,
+                    std::ptr::null::<libc::c_void>(),
+                    0usize,
+                )
+            };
+            if r >= 0 {
+                // The kernel takes entries in SQ order, whoever pushed them;
+                // what it did not take this time is still there.
+                n = n.saturating_sub(r as usize);
+                if n == 0 {
+                    return;
+                }
+                continue;
+            }
+            let e = std::io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                Some(libc::EBUSY) | Some(libc::EAGAIN) => self.reap(),
+                _ => {
+                    tracing::error!(disk = %self.name, error = %e, "fast ring: io_uring_enter failed");
+                    break;
+                }
+            }
+        }
+        // Left in the SQ: the reaper submits them on its next wake, and the
+        // caller's deadline holds meanwhile.
+        self.unflushed.store(true, Ordering::Release);
+        crate::wake(&self.efd);
+    }
+
+    /// Submit whatever sits in the SQ (an enter that failed left it).
+    fn flush(&self) {
+        let pending = {
+            let mut g = self.lock();
+            let (ring, _) = g.parts();
+            let n = ring.submission().len();
+            n
+        };
+        if pending > 0 {
+            self.enter(pending);
+        }
+    }
+
+    /// Hand every posted completion to its caller.
+    fn reap(&self) {
+        let mut g = self.lock();
+        let (ring, table) = g.parts();
+        Self::drain(ring, table);
+    }
+
+    fn drain(ring: &mut IoUring, table: &mut OpTable) {
+        loop {
+            let mut cq = ring.completion();
+            if cq.is_empty() {
+                return;
+            }
+            // Batches of what is posted now; the CQ head advances when `cq`
+            // drops, so the kernel can post more while these are handled.
+            let batch: Vec<(u64, i32)> = cq.by_ref().map(|c| (c.user_data(), c.result())).collect();
+            drop(cq);
+            for (ud, res) in batch {
+                if ud != UD_IGNORE {
+                    table.complete(ud, res);
+                }
+            }
+        }
+    }
+
+    /// Operations the kernel still holds.
+    pub(crate) fn outstanding(&self) -> usize {
+        let mut g = self.lock();
+        g.parts().1.in_use()
+    }
+
+    /// Start a reaper on the current runtime unless one runs. False when
+    /// there is none to start it on (no runtime, or one without I/O).
+    fn ensure_reaper(self: &Arc<Self>) -> bool {
+        if self.reaper_running.load(Ordering::Acquire) {
+            return true;
+        }
+        if self.no_reactor.load(Ordering::Acquire) {
+            return false;
+        }
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return false;
+        };
+        if self.reaper_running.swap(true, Ordering::AcqRel) {
+            return true;
+        }
+        let _enter = handle.enter();
+        let efd = EventFd(self.efd.clone());
+        // tokio panics, rather than failing, when the runtime was built
+        // without I/O; that is a setting of the application's runtime, not a
+        // reason to take a storage node down: the driver then runs every op
+        // on the ring thread, and says so once.
+        let registered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            // SAFETY: the eventfd is owned by this FastRing (the Arc in
+            // EventFd keeps it open for the AsyncFd's whole life) and
+            // as_raw_fd always returns that same fd.
+            unsafe { AsyncFd::register_with_interest(efd, tokio::io::Interest::READABLE) }
+        }));
+        let afd = match registered {
+            Ok(Ok(afd)) => afd,
+            failed => {
+                self.no_reactor.store(true, Ordering::Release);
+                self.reaper_running.store(false, Ordering::Release);
+                let why = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "the tokio runtime has no I/O driver (enable_io)".to_string(),
+                };
+                tracing::warn!(disk = %self.name, reason = %why, "fast ring unavailable; reads and writes go to the ring thread");
+                return false;
+            }
+        };
+        handle.spawn(reaper(self.clone(), afd));
+        true
+    }
+
+    /// The driver is dropped: take no new ops, and let the reaper end once
+    /// the outstanding ones are back.
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        crate::wake(&self.efd);
+    }
+}
+
+/// Clears `reaper_running` however the reaper ends (its runtime shutting
+/// down drops it mid-await), so the next op starts another.
+struct Running(Arc<FastRing>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.reaper_running.store(false, Ordering::Release);
+    }
+}
+
+async fn reaper(fast: Arc<FastRing>, afd: AsyncFd<EventFd>) {
+    let running = Running(fast);
+    let fast = &running.0;
+    loop {
+        let Ok(mut ready) = afd.readable().await else {
+            return;
+        };
+        // Read the counter to zero before reaping: a CQE posted after the
+        // read signals again, so none is left without a wake.
+        let drained = ready.try_io(|fd: &AsyncFd<EventFd>| {
+            let mut v: u64 = 0;
+            // SAFETY: reading 8 bytes into a u64 from our eventfd.
+            let r =
+                unsafe { libc::read(fd.as_raw_fd(), &mut v as *mut u64 as *mut libc::c_void, 8) };
+            if r < 0 {
+                Err(std::io::Error::last_os_error())
+            } else {
+                Ok(())
+            }
+        });
+        if drained.is_err() {
+            continue; // WouldBlock: readiness cleared, wait again
+        }
+        fast.reap();
+        // The counter was read to zero above; a signal after that read is a
+        // newer readiness event, which tokio's tick keeps through this
+        // clear. Saves the read that would only say EAGAIN.
+        ready.clear_ready();
+        if fast.unflushed.swap(false, Ordering::AcqRel) {
+            fast.flush();
+        }
+        if fast.closed.load(Ordering::Acquire) && fast.outstanding() == 0 {
+            return;
+        }
+    }
+}
