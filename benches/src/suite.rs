@@ -77,6 +77,9 @@ pub struct SuiteOptions {
     pub output: PathBuf,
     /// Per-op deadline for `uring`.
     pub op_deadline: Duration,
+    /// Interleaved rounds per cell: each engine's figures are from its
+    /// median round by IOPS ratio to the last engine (fio when it runs).
+    pub rounds: usize,
 }
 
 /// Run the matrix; returns the JSON written.
@@ -91,6 +94,7 @@ pub fn run(opts: &SuiteOptions, progress: Arc<Progress>) -> Result<serde_json::V
     }
     let mut iops = vec![Vec::new(); names.len()];
     let mut p99_us = vec![Vec::new(); names.len()];
+    let mut cpu_us = vec![Vec::new(); names.len()];
     let mut cells = Vec::new();
     for case in &CASES {
         let spec = JobSpec {
@@ -107,27 +111,55 @@ pub fn run(opts: &SuiteOptions, progress: Arc<Progress>) -> Result<serde_json::V
         };
         spec.validate()?;
         let file_size = engines::prepare_file(&spec)?;
-        let mut row = Vec::new();
-        for (i, name) in names.iter().enumerate() {
-            let s = if name == "fio" {
-                crate::fio::run(&spec, file_size)?
-            } else {
-                let engine = Engine::parse(name)?;
-                Summary::from_run(&engines::run(engine, &spec, file_size, progress.clone())?)
-            };
-            eprintln!(
-                "  {:<18} {:<17} {:>10.0} IOPS  p99 {:>9.1} us{}",
-                case.name,
-                name,
-                s.iops(),
-                s.main_dir().lat_ns.p99 / 1e3,
-                if s.errors > 0 { "  (errors!)" } else { "" }
-            );
+        let mut rounds = Vec::new();
+        for round in 1..=opts.rounds.max(1) {
+            let mut row = Vec::new();
+            for name in &names {
+                let s = if name == "fio" {
+                    crate::fio::run(&spec, file_size)?
+                } else {
+                    let engine = Engine::parse(name)?;
+                    Summary::from_run(&engines::run(engine, &spec, file_size, progress.clone())?)
+                };
+                eprintln!(
+                    "  {:<18} round {round} {:<17} {:>10.0} IOPS  p99 {:>9.1} us  cpu {:>6.1} us/io{}",
+                    case.name,
+                    name,
+                    s.iops(),
+                    s.main_dir().lat_ns.p99 / 1e3,
+                    s.cpu_us_per_io,
+                    if s.errors > 0 { "  (errors!)" } else { "" }
+                );
+                row.push(s);
+            }
+            rounds.push(row);
+        }
+        let ratios = crate::report::median_ratios(&rounds);
+        let mut medians = Vec::new();
+        for i in 0..names.len() {
+            let s = crate::report::median_round(&rounds, i);
             iops[i].push(s.iops());
             p99_us[i].push(s.main_dir().lat_ns.p99 / 1e3);
-            row.push(s);
+            cpu_us[i].push(s.cpu_us_per_io);
+            medians.push(s);
         }
-        cells.push(json!({ "case": case.name, "job": spec, "results": row }));
+        eprintln!(
+            "  {:<18} median per-round IOPS ratio to {}: {}",
+            case.name,
+            names.last().map_or("", String::as_str),
+            ratios
+                .iter()
+                .map(|(n, r)| format!("{n} {r:.2}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        cells.push(json!({
+            "case": case.name,
+            "job": spec,
+            "median_round": medians,
+            "median_ratio_to_last": ratios.iter().map(|(n, r)| json!({"engine": n, "ratio": r})).collect::<Vec<_>>(),
+            "rounds": rounds,
+        }));
     }
     let doc = json!({
         "generated_unix": std::time::SystemTime::now()
@@ -135,6 +167,7 @@ pub fn run(opts: &SuiteOptions, progress: Arc<Progress>) -> Result<serde_json::V
             .map(|d| d.as_secs())
             .unwrap_or(0),
         "runtime_per_cell_ms": opts.runtime.as_millis() as u64,
+        "rounds": opts.rounds.max(1),
         "direct": opts.direct,
         "file": opts.filename.display().to_string(),
         "cells": cells,
@@ -158,6 +191,13 @@ pub fn run(opts: &SuiteOptions, progress: Arc<Progress>) -> Result<serde_json::V
             groups: &groups,
             series: &names,
             values: &p99_us,
+        },
+        svg::Chart {
+            title: "CPU per op, user + system (lower is better)",
+            unit: "us",
+            groups: &groups,
+            series: &names,
+            values: &cpu_us,
         },
     ]);
     let svg_path = opts.output.with_extension("svg");

@@ -160,6 +160,8 @@ fn suite_writes_json_and_chart_for_every_cell() {
         "8m",
         "--runtime",
         "200ms",
+        "--rounds",
+        "2",
         "--direct",
         "1",
         "--filename",
@@ -172,25 +174,49 @@ fn suite_writes_json_and_chart_for_every_cell() {
         .expect("parse suite json");
     let cells = v["cells"].as_array().expect("cells");
     assert_eq!(cells.len(), 5);
+    let engines = [
+        "uring",
+        "uring-nodeadline",
+        "uring-thread",
+        "psync",
+        "tokio-fs",
+        "fio",
+    ];
     for c in cells {
-        let results = c["results"].as_array().expect("results");
-        let names: Vec<&str> = results
+        let rounds = c["rounds"].as_array().expect("rounds");
+        assert_eq!(rounds.len(), 2, "--rounds 2");
+        for results in rounds
             .iter()
-            .filter_map(|r| r["engine"].as_str())
-            .collect();
-        assert_eq!(
-            names,
-            ["uring", "uring-nodeadline", "psync", "tokio-fs", "fio"]
-        );
-        for r in results {
-            let ios =
-                r["read"]["ios"].as_u64().unwrap_or(0) + r["write"]["ios"].as_u64().unwrap_or(0);
-            assert!(ios > 0, "{}: no I/O in {}", c["case"], r["engine"]);
-            assert_eq!(r["errors"], 0);
+            .map(|r| r.as_array().expect("round"))
+            .chain(std::iter::once(
+                c["median_round"].as_array().expect("median"),
+            ))
+        {
+            let names: Vec<&str> = results
+                .iter()
+                .filter_map(|r| r["engine"].as_str())
+                .collect();
+            assert_eq!(names, engines);
+            for r in results {
+                let ios = r["read"]["ios"].as_u64().unwrap_or(0)
+                    + r["write"]["ios"].as_u64().unwrap_or(0);
+                assert!(ios > 0, "{}: no I/O in {}", c["case"], r["engine"]);
+                assert_eq!(r["errors"], 0);
+                let cpu = r["cpu_us_per_io"].as_f64().expect("cpu_us_per_io");
+                assert!(cpu > 0.0, "{}: {} used no CPU?", c["case"], r["engine"]);
+            }
         }
+        let ratios = c["median_ratio_to_last"].as_array().expect("ratios");
+        assert_eq!(ratios.len(), engines.len());
+        assert_eq!(ratios[engines.len() - 1]["ratio"], 1.0, "fio to itself");
     }
     let svg = std::fs::read_to_string(output.with_extension("svg")).expect("chart");
-    assert!(svg.starts_with("<svg") && svg.contains("IOPS") && svg.contains("p99"));
+    assert!(
+        svg.starts_with("<svg")
+            && svg.contains("IOPS")
+            && svg.contains("p99")
+            && svg.contains("CPU")
+    );
 }
 
 #[test]

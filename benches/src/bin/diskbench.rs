@@ -192,6 +192,7 @@ fn run(cli: &Cli) -> Result<(), BenchError> {
             with_fio: true,
             output: cli.output.clone(),
             op_deadline: parse_duration("op-deadline", &cli.op_deadline)?,
+            rounds: cli.rounds.max(1) as usize,
         };
         suite::run(&opts, Arc::new(Progress::default()))?;
         return Ok(());

@@ -25,11 +25,25 @@
 //! until its own CQE, exactly as on the ring thread. The caller's own
 //! `timeout_at` stays the backstop.
 //!
-//! **Invariant:** the table and the SQ are touched only under `inner`'s
-//! lock; `io_uring_enter` is called outside it (a page-cache hit is copied
-//! inside that call, and another worker must not wait for the copy).
-//! Whoever pushes entries enters the kernel for them, and the reaper flushes
-//! whatever an interrupted enter left, so no pushed entry stays unsubmitted.
+//! **Invariant:** the table, the SQ and `io_uring_enter` are used only under
+//! `inner`'s lock, and every enter submits everything in the SQ. A linked
+//! (op, LinkTimeout) pair is therefore never split between two enters: a
+//! head submitted without its timer would be an unfinished link, which the
+//! kernel punts to io-wq as a *blocking* op (and the lone timer fails with
+//! `-EINVAL`). Entering outside the lock would not spare other workers a
+//! wait anyway: the kernel holds the ring's own `uring_lock` for the whole
+//! submission, page-cache copy included.
+//!
+//! **Invariant:** the CQ has room for every CQE the ops in the table can
+//! post (op, timer and cancel: three per in-flight permit), so it never
+//! overflows; and if it ever did, the crate's `submit` enters with
+//! `GETEVENTS` when the kernel flags an overflow, which flushes it.
+//!
+//! What it depends on: a completion is task work of the thread that
+//! submitted, so the CQE (and the eventfd signal) comes when that worker
+//! runs it. A worker blocked in the kernel elsewhere (application code doing
+//! blocking I/O on a runtime thread) delays its ops' answers until the
+//! caller's own `timeout_at` backstop, as for any op of this driver.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -42,11 +56,6 @@ use crate::file::Closer;
 use crate::ring::Submission;
 use crate::table::{OpTable, UD_IGNORE};
 use crate::DriverStats;
-
-/// How many times a submitter retries an `io_uring_enter` the kernel
-/// refused for a full CQ (`EBUSY`), reaping in between, before it leaves
-/// its entries to the reaper's flush.
-const ENTER_RETRIES: usize = 4;
 
 struct Inner {
     // `Option`s so that `Drop` can leak them when the kernel still holds ops.
@@ -89,14 +98,11 @@ impl AsRawFd for EventFd {
 /// One disk's fast ring (see the module docs).
 pub(crate) struct FastRing {
     inner: Mutex<Inner>,
-    ring_fd: RawFd,
     efd: Arc<OwnedFd>,
     /// A reaper task is alive on some runtime.
     reaper_running: AtomicBool,
     /// A runtime without I/O was met: the fast ring stays unused.
     no_reactor: AtomicBool,
-    /// An enter gave up with entries left in the SQ.
-    unflushed: AtomicBool,
     /// The driver is gone: refuse new ops; the reaper ends when the last
     /// outstanding op completes.
     closed: AtomicBool,
@@ -105,9 +111,9 @@ pub(crate) struct FastRing {
 }
 
 impl FastRing {
-    /// Build the ring with `entries` SQ entries (the CQ gets four times as
-    /// many: each op can post its own CQE, its timer's and a cancel's) and
-    /// an op table of `capacity` slots.
+    /// Build the ring with `entries` SQ entries and an op table of
+    /// `capacity` slots (one per in-flight permit); the CQ holds the three
+    /// CQEs each of them can post (its own, its timer's, a cancel's).
     pub(crate) fn new(
         name: &str,
         entries: u32,
@@ -119,10 +125,18 @@ impl FastRing {
         // COOP_TASKRUN: completions are task work of the submitting thread,
         // and without the notification a worker parked on a condvar would
         // sit on them until it next entered the kernel.
-        let ring = IoUring::builder()
-            .setup_cqsize(entries.saturating_mul(4))
-            .setup_clamp()
-            .build(entries)?;
+        let cq = u32::try_from(capacity.saturating_mul(3).saturating_add(8))
+            .unwrap_or(u32::MAX)
+            .max(entries.saturating_mul(2));
+        let ring = IoUring::builder().setup_cqsize(cq).build(entries)?;
+        // The CQ-room invariant, checked rather than trusted to the kernel's
+        // rounding.
+        if (ring.params().cq_entries() as usize) < capacity.saturating_mul(3) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "fast ring: the kernel gave a CQ smaller than 3 x max_in_flight",
+            ));
+        }
         // SAFETY: plain syscall; the fd is checked and owned right after.
         let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
         if efd < 0 {
@@ -133,17 +147,14 @@ impl FastRing {
         // Not the _async variant: that one signals only completions posted by
         // io-wq workers, and these ops never go there.
         ring.submitter().register_eventfd(efd.as_raw_fd())?;
-        let ring_fd = ring.as_raw_fd();
         Ok(FastRing {
             inner: Mutex::new(Inner {
                 ring: Some(ring),
                 table: Some(OpTable::new(capacity, stats.clone(), closer, name.into())),
             }),
-            ring_fd,
             efd,
             reaper_running: AtomicBool::new(false),
             no_reactor: AtomicBool::new(false),
-            unflushed: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             stats,
             name: name.into(),
@@ -164,47 +175,34 @@ impl FastRing {
         if self.closed.load(Ordering::Acquire) || !self.ensure_reaper() {
             return Some(s);
         }
-        let pushed = {
-            let mut g = self.lock();
-            let (ring, table) = g.parts();
-            let Some(admitted) = table.admit(s, true) else {
-                return None; // answered already: the deadline had passed
-            };
-            Self::push(ring, table, admitted.entries());
-            admitted.len
+        let mut g = self.lock();
+        let (ring, table) = g.parts();
+        let Some(admitted) = table.admit(s, true) else {
+            return None; // answered already: the deadline had passed
         };
         self.stats.fast_submitted.fetch_add(1, Ordering::Relaxed);
-        self.enter(pushed);
+        self.push_and_enter(ring, table, admitted.entries());
         // A page-cache hit or an immediate -EAGAIN completed inside the
         // enter: hand it over now rather than after a trip through the
         // reactor.
-        self.reap();
+        Self::drain(ring, table);
         None
     }
 
     /// The caller of `op_id` has gone: cancel the op (a zombie until its CQE).
     pub(crate) fn cancel(&self, op_id: u64) {
-        let pushed = {
-            let mut g = self.lock();
-            let (ring, table) = g.parts();
-            match table.abandon(op_id) {
-                Some(e) => {
-                    Self::push(ring, table, &[e]);
-                    1
-                }
-                None => 0,
-            }
-        };
-        if pushed > 0 {
-            self.enter(pushed);
+        let mut g = self.lock();
+        let (ring, table) = g.parts();
+        if let Some(e) = table.abandon(op_id) {
+            self.push_and_enter(ring, table, &[e]);
         }
     }
 
-    /// Push `entries` as one unit. The SQ holds `ring_entries`; entries in
-    /// it are there only between a push and its enter, a handful at a time,
-    /// so a full SQ means enters are failing: flush under the lock until
-    /// there is room.
-    fn push(ring: &mut IoUring, table: &mut OpTable, entries: &[squeue::Entry]) {
+    /// Push `entries` as one unit and submit everything in the SQ. The SQ
+    /// is empty between calls (each submits all), so it only lacks room if
+    /// an enter failed; then it is flushed, reaping in between, until the
+    /// unit fits.
+    fn push_and_enter(&self, ring: &mut IoUring, table: &mut OpTable, entries: &[squeue::Entry]) {
         loop {
             let room = {
                 let sq = ring.submission();
@@ -213,81 +211,51 @@ impl FastRing {
             if room >= entries.len() {
                 break;
             }
-            if let Err(e) = ring.submit() {
-                if !matches!(e.raw_os_error(), Some(libc::EINTR) | Some(libc::EBUSY)) {
-                    tracing::error!(error = %e, "fast ring: submit failed while flushing");
-                }
-                // EBUSY: the CQ is full; make room before trying again.
-                Self::drain(ring, table);
-            }
+            self.enter(ring, table);
         }
         // SAFETY: every entry's pointers refer to memory owned by the op
         // table, which keeps it until the matching CQE has been reaped.
         let pushed = unsafe { ring.submission().push_multiple(entries) };
         debug_assert!(pushed.is_ok(), "room was checked above");
+        self.enter(ring, table);
     }
 
-    /// `io_uring_enter` for `n` entries pushed by this thread, outside the
-    /// lock. Retries an interrupted call; on a full CQ it reaps and retries a
-    /// few times, then leaves the entries to the reaper's flush.
-    fn enter(&self, mut n: usize) {
-        for _ in 0..ENTER_RETRIES {
-            // SAFETY: io_uring_enter on a ring fd we own, submitting entries
-            // already in the SQ; no argument points into our memory.
-            let r = unsafe {
-                libc::syscall(
-                    libc::SYS_io_uring_enter,
-                    self.ring_fd,
-                    n as u32,
-                    0u32,
-                    0u32,
-                    std::ptr::null::<libc::c_void>(),
-                    0usize,
-                )
-            };
-            if r >= 0 {
-                // The kernel takes entries in SQ order, whoever pushed them;
-                // what it did not take this time is still there.
-                n = n.saturating_sub(r as usize);
-                if n == 0 {
+    /// `io_uring_enter` for everything in the SQ (with `GETEVENTS` when the
+    /// kernel flags a CQ overflow). An interrupted call is retried; any
+    /// other failure leaves the entries for the next enter, and the
+    /// callers' deadlines hold meanwhile.
+    fn enter(&self, ring: &mut IoUring, table: &mut OpTable) {
+        loop {
+            match ring.submit() {
+                Ok(_) => return,
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                Err(e)
+                    if e.raw_os_error() == Some(libc::EAGAIN)
+                        || e.raw_os_error() == Some(libc::EBUSY) =>
+                {
+                    // Out of memory for requests, or (older kernels) a full
+                    // CQ: make room and let the next enter try again.
+                    Self::drain(ring, table);
                     return;
                 }
-                continue;
-            }
-            let e = std::io::Error::last_os_error();
-            match e.raw_os_error() {
-                Some(libc::EINTR) => continue,
-                Some(libc::EBUSY) | Some(libc::EAGAIN) => self.reap(),
-                _ => {
+                Err(e) => {
                     tracing::error!(disk = %self.name, error = %e, "fast ring: io_uring_enter failed");
-                    break;
+                    return;
                 }
             }
         }
-        // Left in the SQ: the reaper submits them on its next wake, and the
-        // caller's deadline holds meanwhile.
-        self.unflushed.store(true, Ordering::Release);
-        crate::wake(&self.efd);
     }
 
-    /// Submit whatever sits in the SQ (an enter that failed left it).
-    fn flush(&self) {
-        let pending = {
-            let mut g = self.lock();
-            let (ring, _) = g.parts();
-            let n = ring.submission().len();
-            n
-        };
-        if pending > 0 {
-            self.enter(pending);
-        }
-    }
-
-    /// Hand every posted completion to its caller.
+    /// Hand every posted completion to its caller, and submit what a failed
+    /// enter left in the SQ.
     fn reap(&self) {
         let mut g = self.lock();
         let (ring, table) = g.parts();
         Self::drain(ring, table);
+        if !ring.submission().is_empty() || ring.submission().cq_overflow() {
+            self.enter(ring, table);
+            Self::drain(ring, table);
+        }
     }
 
     fn drain(ring: &mut IoUring, table: &mut OpTable) {
@@ -404,9 +372,6 @@ async fn reaper(fast: Arc<FastRing>, afd: AsyncFd<EventFd>) {
         // newer readiness event, which tokio's tick keeps through this
         // clear. Saves the read that would only say EAGAIN.
         ready.clear_ready();
-        if fast.unflushed.swap(false, Ordering::AcqRel) {
-            fast.flush();
-        }
         if fast.closed.load(Ordering::Acquire) && fast.outstanding() == 0 {
             return;
         }

@@ -134,10 +134,18 @@ pub(crate) struct FileInner {
     permit: std::sync::Mutex<Option<OwnedSemaphorePermit>>,
     /// Set when [`crate::Driver::close`] took the fd over.
     taken: AtomicBool,
-    /// The file system said `-EOPNOTSUPP` to a `RWF_NOWAIT` op: this file's
-    /// reads and writes go straight to the ring thread.
-    nowait_unsupported: AtomicBool,
+    /// Which of this file's ops go straight to the ring thread
+    /// ([`NOWAIT_READS`] | [`NOWAIT_WRITES`] bits): the file system said
+    /// `-EOPNOTSUPP` to `RWF_NOWAIT` (both), or a write said `-EAGAIN`
+    /// (writes: buffered writes on a file system without async buffered
+    /// writes, and allocating O_DIRECT writes, refuse every time).
+    nowait_refused: std::sync::atomic::AtomicU8,
 }
+
+/// Reads of this file skip the fast ring.
+pub(crate) const NOWAIT_READS: u8 = 1;
+/// Writes of this file skip the fast ring.
+pub(crate) const NOWAIT_WRITES: u8 = 2;
 
 impl FileInner {
     pub(crate) fn new(
@@ -153,17 +161,19 @@ impl FileInner {
             closer,
             permit: std::sync::Mutex::new(permit),
             taken: AtomicBool::new(false),
-            nowait_unsupported: AtomicBool::new(false),
+            nowait_refused: std::sync::atomic::AtomicU8::new(0),
         }
     }
 
-    /// Whether a `RWF_NOWAIT` op on this file may be tried.
-    pub(crate) fn nowait_capable(&self) -> bool {
-        !self.nowait_unsupported.load(Ordering::Relaxed)
+    /// Whether a `RWF_NOWAIT` op of kind `kind` (a `NOWAIT_*` bit) on this
+    /// file may be tried.
+    pub(crate) fn nowait_capable(&self, kind: u8) -> bool {
+        self.nowait_refused.load(Ordering::Relaxed) & kind == 0
     }
 
-    pub(crate) fn set_nowait_unsupported(&self) {
-        self.nowait_unsupported.store(true, Ordering::Relaxed);
+    /// Send ops of the `kinds` bits to the ring thread from now on.
+    pub(crate) fn refuse_nowait(&self, kinds: u8) {
+        self.nowait_refused.fetch_or(kinds, Ordering::Relaxed);
     }
 
     pub(crate) fn closes_inline(&self) -> bool {

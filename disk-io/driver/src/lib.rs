@@ -420,12 +420,20 @@ impl Driver {
         file_permit: Option<OwnedSemaphorePermit>,
     ) -> Result<Done, DriverError> {
         let started = Instant::now();
+        let kind = match op {
+            Op::Read { .. } => file::NOWAIT_READS,
+            _ => file::NOWAIT_WRITES,
+        };
         let fast = self
             .shared
             .fast
             .as_ref()
             .filter(|_| op.is_data())
-            .filter(|_| keep[0].as_ref().is_some_and(|f| f.inner.nowait_capable()));
+            .filter(|_| {
+                keep[0]
+                    .as_ref()
+                    .is_some_and(|f| f.inner.nowait_capable(kind))
+            });
         let op = match fast {
             Some(fast) => {
                 let attempt = self.run_once(
@@ -444,10 +452,15 @@ impl Driver {
                             .stats
                             .fast_fallbacks
                             .fetch_add(1, Ordering::Relaxed);
-                        if unsupported {
-                            if let Some(f) = &keep[0] {
-                                f.inner.set_nowait_unsupported();
-                            }
+                        let refuse = if unsupported {
+                            file::NOWAIT_READS | file::NOWAIT_WRITES
+                        } else if kind == file::NOWAIT_WRITES {
+                            file::NOWAIT_WRITES
+                        } else {
+                            0 // a read's -EAGAIN is a page-cache miss: try again next time
+                        };
+                        if let Some(f) = &keep[0] {
+                            f.inner.refuse_nowait(refuse);
                         }
                         op
                     }
