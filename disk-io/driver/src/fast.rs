@@ -167,10 +167,12 @@ impl FastRing {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Submit `s` (a read or write). Hands it back when the fast path
-    /// cannot take it: the driver is closing, or there is no tokio runtime
-    /// with I/O enabled to run a reaper on.
-    pub(crate) fn submit(self: &Arc<Self>, s: Submission) -> Option<Submission> {
+    /// Put `s` (a read or write) in the table and its entries in the SQ;
+    /// [`FastRing::flush`] submits them (and anything else queued: one enter
+    /// for all). Hands `s` back when the fast path cannot take it: the
+    /// driver is closing, or there is no tokio runtime with I/O enabled to
+    /// run a reaper on.
+    pub(crate) fn queue(self: &Arc<Self>, s: Submission) -> Option<Submission> {
         debug_assert!(s.op.is_data());
         if self.closed.load(Ordering::Acquire) || !self.ensure_reaper() {
             return Some(s);
@@ -181,12 +183,20 @@ impl FastRing {
             return None; // answered already: the deadline had passed
         };
         self.stats.fast_submitted.fetch_add(1, Ordering::Relaxed);
-        self.push_and_enter(ring, table, admitted.entries());
-        // A page-cache hit or an immediate -EAGAIN completed inside the
-        // enter: hand it over now rather than after a trip through the
-        // reactor.
-        Self::drain(ring, table);
+        self.push(ring, table, admitted.entries());
         None
+    }
+
+    /// Submit whatever is queued in the SQ, then hand over what completed
+    /// inside the enter (a page-cache hit, an immediate `-EAGAIN`) now
+    /// rather than after a trip through the reactor.
+    pub(crate) fn flush(&self) {
+        let mut g = self.lock();
+        let (ring, table) = g.parts();
+        if !ring.submission().is_empty() {
+            self.enter(ring, table);
+        }
+        Self::drain(ring, table);
     }
 
     /// The caller of `op_id` has gone: cancel the op (a zombie until its CQE).
@@ -198,11 +208,17 @@ impl FastRing {
         }
     }
 
-    /// Push `entries` as one unit and submit everything in the SQ. The SQ
-    /// is empty between calls (each submits all), so it only lacks room if
-    /// an enter failed; then it is flushed, reaping in between, until the
-    /// unit fits.
+    /// Push `entries` as one unit and submit everything in the SQ.
     fn push_and_enter(&self, ring: &mut IoUring, table: &mut OpTable, entries: &[squeue::Entry]) {
+        self.push(ring, table, entries);
+        self.enter(ring, table);
+    }
+
+    /// Push `entries` as one unit. The SQ holds what was queued since the
+    /// last enter (at most one unit per in-flight permit, and it has
+    /// `ring_entries` slots); if it lacks room, everything in it is
+    /// submitted first.
+    fn push(&self, ring: &mut IoUring, table: &mut OpTable, entries: &[squeue::Entry]) {
         loop {
             let room = {
                 let sq = ring.submission();
@@ -217,7 +233,6 @@ impl FastRing {
         // table, which keeps it until the matching CQE has been reaped.
         let pushed = unsafe { ring.submission().push_multiple(entries) };
         debug_assert!(pushed.is_ok(), "room was checked above");
-        self.enter(ring, table);
     }
 
     /// `io_uring_enter` for everything in the SQ (with `GETEVENTS` when the
@@ -280,6 +295,14 @@ impl FastRing {
     pub(crate) fn outstanding(&self) -> usize {
         let mut g = self.lock();
         g.parts().1.in_use()
+    }
+
+    /// A waiting caller's own look at the CQ (see
+    /// `DriverConfig::fast_reap_backstop`); also restarts a reaper that
+    /// ended with its runtime.
+    pub(crate) fn caller_reap(self: &Arc<Self>) {
+        self.reap();
+        self.ensure_reaper();
     }
 
     /// Start a reaper on the current runtime unless one runs. False when
@@ -351,26 +374,13 @@ async fn reaper(fast: Arc<FastRing>, afd: AsyncFd<EventFd>) {
         let Ok(mut ready) = afd.readable().await else {
             return;
         };
-        // Read the counter to zero before reaping: a CQE posted after the
-        // read signals again, so none is left without a wake.
-        let drained = ready.try_io(|fd: &AsyncFd<EventFd>| {
-            let mut v: u64 = 0;
-            // SAFETY: reading 8 bytes into a u64 from our eventfd.
-            let r =
-                unsafe { libc::read(fd.as_raw_fd(), &mut v as *mut u64 as *mut libc::c_void, 8) };
-            if r < 0 {
-                Err(std::io::Error::last_os_error())
-            } else {
-                Ok(())
-            }
-        });
-        if drained.is_err() {
-            continue; // WouldBlock: readiness cleared, wait again
-        }
+        // The counter is never read: every signal of an eventfd wakes its
+        // wait queue, so epoll (edge-triggered under tokio) reports each one
+        // as a new event whatever the count; reading it would cost a syscall
+        // per wake. (The count cannot reach its 2^64 - 1 limit.) A signal
+        // after the drain below is a newer readiness event, which tokio's
+        // tick keeps through the clear.
         fast.reap();
-        // The counter was read to zero above; a signal after that read is a
-        // newer readiness event, which tokio's tick keeps through this
-        // clear. Saves the read that would only say EAGAIN.
         ready.clear_ready();
         if fast.closed.load(Ordering::Acquire) && fast.outstanding() == 0 {
             return;

@@ -112,3 +112,81 @@ async fn a_read_that_never_completes_returns_at_its_deadline() {
     }
     assert_eq!(stats.zombies(), 0);
 }
+
+/// The fast ring's reaper lives on the first runtime that used the driver.
+/// If that runtime stops being driven, or shuts down, callers on another
+/// runtime still get their completions (the caller's own backstop reap, and
+/// a new reaper on their runtime), not a deadline miss.
+#[test]
+fn fast_ring_completions_reach_callers_when_the_reapers_runtime_is_gone() {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("f");
+    let data: Vec<u8> = (0..64 * 4096u32).map(|i| (i % 249) as u8).collect();
+    std::fs::write(&path, &data).expect("write");
+    let open = || {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&path)
+            .expect("O_DIRECT open (TMPDIR must support it)")
+    };
+    let driver = Driver::start("raw-reaper", &DriverConfig::default()).expect("driver");
+    let read_all = |rt: &tokio::runtime::Runtime, file: File| {
+        let driver = driver.clone();
+        let want = data.clone();
+        rt.block_on(async move {
+            for i in 0..64usize {
+                let t0 = Instant::now();
+                let buf = AlignedBuf::new(4096, 4096).expect("aligned");
+                let got = driver
+                    .read_at(
+                        &file,
+                        IoBuf::Aligned(buf),
+                        4096,
+                        (i * 4096) as u64,
+                        Deadline::after(Duration::from_secs(10)),
+                        KernelDeadline::Enforced,
+                    )
+                    .await
+                    .expect("read");
+                assert_eq!(got.as_slice(), &want[i * 4096..(i + 1) * 4096]);
+                assert!(
+                    t0.elapsed() < Duration::from_secs(2),
+                    "read {i} took {:?}: its completion waited for the deadline",
+                    t0.elapsed()
+                );
+            }
+        });
+    };
+    let build = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+    };
+    // Runtime A starts the reaper, then is kept but never driven again.
+    let a = build();
+    read_all(&a, File::adopt(&driver, OwnedFd::from(open())));
+    let fast_a = driver
+        .stats()
+        .fast_submitted
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        fast_a >= 32,
+        "direct reads on ext4 take the fast ring ({fast_a})"
+    );
+    let b = build();
+    read_all(&b, File::adopt(&driver, OwnedFd::from(open())));
+    // A shuts down (its reaper with it); B's next reads start a new one.
+    drop(a);
+    read_all(&b, File::adopt(&driver, OwnedFd::from(open())));
+    let fast = driver
+        .stats()
+        .fast_submitted
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        fast >= fast_a + 64,
+        "the later reads ran on the fast ring too"
+    );
+}
