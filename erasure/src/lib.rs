@@ -15,6 +15,8 @@
 //!   by rename and made visible by quorum-written metadata), GET (first
 //!   `data` good shards, hedged reads, bitrot checks, reconstruction,
 //!   ranges), stat, delete, list, heal and scan.
+//! * [`QuorumLock`]: read and write locks over every node's
+//!   [`Locker`](disk_io_api::Locker), as leases refreshed by the holder.
 //!
 //! **Boundary:** depends on `disk-io-api` only (no local disk, no driver);
 //! every disk call goes through the trait with a deadline.
@@ -24,6 +26,7 @@ pub mod codec;
 pub mod config;
 pub mod error;
 pub mod heal;
+pub mod lock;
 pub mod meta;
 pub mod metrics;
 mod offline;
@@ -34,6 +37,7 @@ mod sets;
 pub use config::{read_quorum, write_quorum, DiskSlot, ErasureConfig, Topology};
 pub use error::ErasureError;
 pub use heal::{HealQueue, HealTask, Pushed};
+pub use lock::{lock_quorum, LockConfig, LockError, LockGuard, QuorumLock};
 pub use meta::ObjectMeta;
 pub use offline::OfflineDisk;
 pub use quorum::{

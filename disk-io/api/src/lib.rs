@@ -11,6 +11,8 @@
 //!   disk was unavailable (its vote is missing) or answered with an error.
 //! * [`OpClass`]: the name of every operation (default budgets in
 //!   [`OpTimeouts`], metrics labels, spans).
+//! * [`Locker`]: one node's vote in a quorum lock (leases with a TTL), and
+//!   [`LeaseTable`], the in-memory locker every node serves.
 //!
 //! **Boundary:** this crate does no I/O and depends on no libc, io_uring or
 //! runtime; it is `#![forbid(unsafe_code)]`. Errno values travel as
@@ -21,6 +23,7 @@
 mod deadline;
 mod disk;
 mod error;
+mod lock;
 mod op;
 mod state;
 mod timeouts;
@@ -30,6 +33,7 @@ pub use disk::{
     CreateOptions, DeleteOptions, Disk, DiskId, DiskInfo, FileInfo, ShardWriter, VolInfo,
 };
 pub use error::{Availability, DiskError, Errno, PathRule, Result, WrongType};
+pub use lock::{Clock, LeaseConfig, LeaseTable, LockKind, LockRequest, Locker};
 pub use op::OpClass;
 pub use state::HealthState;
 pub use timeouts::OpTimeouts;

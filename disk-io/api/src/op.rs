@@ -50,11 +50,13 @@ pub enum OpClass {
     RawRead,
     /// A positional write through the raw driver API.
     RawWrite,
+    /// A lease on a node's locker: acquire, refresh or release.
+    Lock,
 }
 
 impl OpClass {
     /// All classes, for metric registration and tests.
-    pub const ALL: [OpClass; 21] = [
+    pub const ALL: [OpClass; 22] = [
         OpClass::Open,
         OpClass::Format,
         OpClass::DiskId,
@@ -76,6 +78,8 @@ impl OpClass {
         OpClass::Probe,
         OpClass::RawRead,
         OpClass::RawWrite,
+        // Appended: a class's position is its code on the wire.
+        OpClass::Lock,
     ];
 
     /// Stable snake_case name (metrics label, span field, JSON).
@@ -102,6 +106,7 @@ impl OpClass {
             OpClass::Probe => "probe",
             OpClass::RawRead => "raw_read",
             OpClass::RawWrite => "raw_write",
+            OpClass::Lock => "lock",
         }
     }
 }

@@ -39,7 +39,11 @@ impl OpTimeouts {
     /// The default budget for an operation class.
     pub fn for_class(&self, op: OpClass) -> Duration {
         match op {
-            OpClass::Open | OpClass::DiskId | OpClass::DiskInfo => self.disk_state,
+            // A lock attempt is as short as a disk-state check: a quorum
+            // lock retries within its caller's deadline instead.
+            OpClass::Open | OpClass::DiskId | OpClass::DiskInfo | OpClass::Lock => {
+                self.disk_state
+            }
             OpClass::CreateFile
             | OpClass::Append
             | OpClass::Finish
