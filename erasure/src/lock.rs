@@ -464,7 +464,10 @@ impl LockGuard {
             .iter()
             .map(|l| l.release(&held.req.resource, &held.req.uid, d))
             .collect();
-        let released = calls.filter(|r| std::future::ready(matches!(r, Ok(true)))).count().await;
+        let released = calls
+            .filter(|r| std::future::ready(matches!(r, Ok(true))))
+            .count()
+            .await;
         held.mark_lost_quietly();
         released
     }

@@ -2,13 +2,17 @@
 //! that is down, hung, or restarted (its leases gone); an owner that dies
 //! holding a lock; and a seeded chaos run checking mutual exclusion.
 
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use disk_io_api::{Deadline, DiskError, LeaseConfig, LeaseTable, LockKind, LockRequest, Locker};
 use disk_io_erasure::{LockConfig, LockError, QuorumLock};
+use disk_io_harness::Ledger;
+
+mod lock_client;
+use lock_client::{acquire_latencies, chaos_seed, counter_client, Pace};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -61,7 +65,11 @@ struct FaultyLocker {
 
 impl FaultyLocker {
     async fn gate(&self, deadline: Deadline) -> Result<(), DiskError> {
-        let mode = self.node.mode.load(Ordering::SeqCst).max(self.cut.load(Ordering::SeqCst));
+        let mode = self
+            .node
+            .mode
+            .load(Ordering::SeqCst)
+            .max(self.cut.load(Ordering::SeqCst));
         match mode {
             DOWN => Err(DiskError::Unreachable {
                 reason: format!("{} is down", self.node.label),
@@ -100,7 +108,12 @@ impl Locker for FaultyLocker {
         self.node.table().try_refresh(resource, uid, ttl)
     }
 
-    async fn release(&self, resource: &str, uid: &str, deadline: Deadline) -> Result<bool, DiskError> {
+    async fn release(
+        &self,
+        resource: &str,
+        uid: &str,
+        deadline: Deadline,
+    ) -> Result<bool, DiskError> {
         self.gate(deadline).await?;
         self.node.table().try_release(resource, uid)
     }
@@ -126,7 +139,11 @@ fn cluster(n: usize, quiet: Duration) -> Vec<Arc<Node>> {
 }
 
 /// A client's lockers (one view per node) and its quorum lock.
-fn client(nodes: &[Arc<Node>], owner: &str, cfg: &LockConfig) -> (QuorumLock, Vec<Arc<FaultyLocker>>) {
+fn client(
+    nodes: &[Arc<Node>],
+    owner: &str,
+    cfg: &LockConfig,
+) -> (QuorumLock, Vec<Arc<FaultyLocker>>) {
     let views: Vec<Arc<FaultyLocker>> = nodes
         .iter()
         .map(|n| {
@@ -136,8 +153,12 @@ fn client(nodes: &[Arc<Node>], owner: &str, cfg: &LockConfig) -> (QuorumLock, Ve
             })
         })
         .collect();
-    let lockers: Vec<Arc<dyn Locker>> = views.iter().map(|v| v.clone() as Arc<dyn Locker>).collect();
-    (QuorumLock::new(lockers, owner, cfg.clone()).expect("lock config"), views)
+    let lockers: Vec<Arc<dyn Locker>> =
+        views.iter().map(|v| v.clone() as Arc<dyn Locker>).collect();
+    (
+        QuorumLock::new(lockers, owner, cfg.clone()).expect("lock config"),
+        views,
+    )
 }
 
 fn locks(nodes: &[Arc<Node>], owner: &str, cfg: &LockConfig) -> QuorumLock {
@@ -167,7 +188,13 @@ async fn write_needs_a_majority_read_a_half_and_timeouts_say_why() {
     nodes[1].set(DOWN);
     // Write needs 3 of 4; only 2 answer.
     let t0 = Instant::now();
-    let r = a.lock("x", LockKind::Write, Deadline::after(Duration::from_millis(400))).await;
+    let r = a
+        .lock(
+            "x",
+            LockKind::Write,
+            Deadline::after(Duration::from_millis(400)),
+        )
+        .await;
     let took = t0.elapsed();
     match r {
         Err(LockError::Timeout {
@@ -183,7 +210,10 @@ async fn write_needs_a_majority_read_a_half_and_timeouts_say_why() {
         }
         other => panic!("expected a typed timeout, got {other:?}"),
     }
-    assert!(took <= Duration::from_millis(400) + SLACK, "answered after {took:?}");
+    assert!(
+        took <= Duration::from_millis(400) + SLACK,
+        "answered after {took:?}"
+    );
     // Read needs 2 of 4: granted by the two that answer.
     let g = a
         .lock("x", LockKind::Read, Deadline::after(Duration::from_secs(2)))
@@ -199,12 +229,25 @@ async fn write_needs_a_majority_read_a_half_and_timeouts_say_why() {
         .lock("x", LockKind::Read, Deadline::after(Duration::from_secs(2)))
         .await
         .expect("a second reader");
-    let w = b.lock("x", LockKind::Write, Deadline::after(Duration::from_millis(300))).await;
-    assert!(matches!(w, Err(LockError::Timeout { refused, .. }) if refused >= 2), "{w:?}");
+    let w = b
+        .lock(
+            "x",
+            LockKind::Write,
+            Deadline::after(Duration::from_millis(300)),
+        )
+        .await;
+    assert!(
+        matches!(w, Err(LockError::Timeout { refused, .. }) if refused >= 2),
+        "{w:?}"
+    );
     assert!(g.release(Deadline::after(Duration::from_secs(1))).await >= 2);
     assert!(g2.release(Deadline::after(Duration::from_secs(1))).await >= 2);
     let w = b
-        .lock("x", LockKind::Write, Deadline::after(Duration::from_secs(2)))
+        .lock(
+            "x",
+            LockKind::Write,
+            Deadline::after(Duration::from_secs(2)),
+        )
         .await
         .expect("write after the readers left");
     assert!(w.is_held());
@@ -219,17 +262,13 @@ async fn a_hung_locker_costs_no_acquisition_its_attempt_timeout() {
     };
     let a = locks(&nodes, "a", &cfg);
     nodes[3].set(HUNG);
-    for i in 0..20 {
-        let t0 = Instant::now();
-        let g = a
-            .lock(&format!("r{i}"), LockKind::Write, Deadline::after(Duration::from_secs(2)))
-            .await
-            .expect("three of four lockers answer");
-        let took = t0.elapsed();
-        // Quorum is three fast answers; nobody waits for the hung one.
-        assert!(took < Duration::from_millis(100), "acquire took {took:?}");
-        drop(g);
-    }
+    let lat = acquire_latencies(&a, "r", 20, Duration::from_secs(2)).await;
+    // Quorum is three fast answers; nobody waits for the hung one.
+    let worst = lat.iter().max().copied().unwrap_or_default();
+    assert!(
+        worst < Duration::from_millis(100),
+        "slowest acquire {worst:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -238,7 +277,11 @@ async fn a_dead_owners_lock_is_free_after_its_ttl_and_not_before() {
     let cfg = fast_cfg();
     let (owner, links) = client(&nodes, "owner", &cfg);
     let g = owner
-        .lock("x", LockKind::Write, Deadline::after(Duration::from_secs(2)))
+        .lock(
+            "x",
+            LockKind::Write,
+            Deadline::after(Duration::from_secs(2)),
+        )
         .await
         .expect("lock");
     // The owner's node loses power: its refreshes and its release never
@@ -249,12 +292,22 @@ async fn a_dead_owners_lock_is_free_after_its_ttl_and_not_before() {
     }
     let other = locks(&nodes, "other", &cfg);
     let g2 = other
-        .lock("x", LockKind::Write, Deadline::after(Duration::from_secs(5)))
+        .lock(
+            "x",
+            LockKind::Write,
+            Deadline::after(Duration::from_secs(5)),
+        )
         .await
         .expect("the lock frees itself");
     let after = died.elapsed();
-    assert!(after + Duration::from_millis(50) >= cfg.ttl, "granted after {after:?}, before the TTL");
-    assert!(after <= cfg.ttl + SLACK, "granted {after:?} after the owner died");
+    assert!(
+        after + Duration::from_millis(50) >= cfg.ttl,
+        "granted after {after:?}, before the TTL"
+    );
+    assert!(
+        after <= cfg.ttl + SLACK,
+        "granted {after:?} after the owner died"
+    );
     assert!(g2.is_held());
     // The dead owner's guard sees it lost the lock too (its validity ran
     // out without a refresh), so it cannot go on as if it held it.
@@ -267,7 +320,11 @@ async fn a_holder_learns_it_lost_quorum() {
     let cfg = fast_cfg();
     let a = locks(&nodes, "a", &cfg);
     let g = a
-        .lock("x", LockKind::Write, Deadline::after(Duration::from_secs(2)))
+        .lock(
+            "x",
+            LockKind::Write,
+            Deadline::after(Duration::from_secs(2)),
+        )
         .await
         .expect("lock");
     // Two of four lockers restart: their leases are gone, so a refresh
@@ -287,7 +344,11 @@ async fn a_holder_learns_it_lost_quorum() {
     }
     tokio::time::sleep(cfg.ttl).await; // past the restarted lockers' quiet time
     let g = a
-        .lock("y", LockKind::Write, Deadline::after(Duration::from_secs(2)))
+        .lock(
+            "y",
+            LockKind::Write,
+            Deadline::after(Duration::from_secs(2)),
+        )
         .await
         .expect("lock");
     for n in &nodes {
@@ -306,22 +367,11 @@ async fn a_holder_learns_it_lost_quorum() {
 /// counter equals the successes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mutual_exclusion_holds_while_lockers_fail_and_restart() {
-    let seed: u64 = std::env::var("LOCK_CHAOS_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(7)
-        });
-    eprintln!("chaos seed {seed} (rerun with LOCK_CHAOS_SEED={seed})");
+    let seed = chaos_seed();
     let cfg = fast_cfg();
     // A restarted locker stays quiet for a whole TTL (LeaseConfig::startup_quiet).
     let nodes = cluster(5, cfg.ttl);
-    let counter = Arc::new(Mutex::new(0u64));
-    let log: Arc<Mutex<Vec<(Instant, Instant, String)>>> = Arc::new(Mutex::new(Vec::new()));
-    let successes = Arc::new(AtomicU64::new(0));
+    let ledger = Arc::new(Ledger::new());
     let stop_at = Instant::now() + Duration::from_secs(8);
 
     let chaos = {
@@ -340,7 +390,11 @@ async fn mutual_exclusion_holds_while_lockers_fail_and_restart() {
                 let now = Instant::now();
                 let i = rng.random_range(0..nodes.len());
                 let out = out_until.iter().filter(|u| **u > now).count();
-                let action = if out >= 2 && out_until[i] <= now { 3 } else { rng.random_range(0..4u8) };
+                let action = if out >= 2 && out_until[i] <= now {
+                    3
+                } else {
+                    rng.random_range(0..4u8)
+                };
                 match action {
                     0 => {
                         nodes[i].set(DOWN);
@@ -379,41 +433,15 @@ async fn mutual_exclusion_holds_while_lockers_fail_and_restart() {
     let mut clients = Vec::new();
     for c in 0..3 {
         let l = locks(&nodes, &format!("client{c}"), &cfg);
-        let (counter, log, successes) = (counter.clone(), log.clone(), successes.clone());
+        let ledger = ledger.clone();
+        let name = format!("client{c}");
         clients.push(tokio::spawn(async move {
-            let mut attempts = 0u64;
-            let mut think = StdRng::seed_from_u64(seed ^ (c as u64 + 1));
-            while Instant::now() < stop_at {
-                attempts += 1;
-                let Ok(g) = l
-                    .lock("counter", LockKind::Write, Deadline::after(Duration::from_millis(500)))
-                    .await
-                else {
-                    continue;
-                };
-                let start = Instant::now();
-                // Read, think, write: the window another holder would hit,
-                // up to about a refresh interval long.
-                let v = *counter.lock().unwrap();
-                tokio::time::sleep(Duration::from_millis(think.random_range(1..250))).await;
-                let end = Instant::now();
-                // Commit only while the lease is valid (a fenced write).
-                let committed = {
-                    let mut c = counter.lock().unwrap();
-                    if g.is_held() && end < g.valid_until() {
-                        *c = v + 1;
-                        true
-                    } else {
-                        false
-                    }
-                };
-                if committed {
-                    successes.fetch_add(1, Ordering::SeqCst);
-                    log.lock().unwrap().push((start, end, g.uid().to_string()));
-                }
-                g.release(Deadline::after(Duration::from_millis(200))).await;
-            }
-            attempts
+            let pace = Pace {
+                lock_within: Duration::from_millis(500),
+                think_max: Duration::from_millis(250),
+                release_within: Duration::from_millis(200),
+            };
+            counter_client(l, &ledger, &name, seed, stop_at, pace).await
         }));
     }
     let mut attempts = 0;
@@ -421,18 +449,13 @@ async fn mutual_exclusion_holds_while_lockers_fail_and_restart() {
         attempts += c.await.expect("client");
     }
     let events = chaos.await.expect("chaos");
-    let n = successes.load(Ordering::SeqCst);
-    assert_eq!(*counter.lock().unwrap(), n, "every increment came from a successful section");
-    let mut log = log.lock().unwrap().clone();
-    log.sort_by_key(|e| e.0);
-    for w in log.windows(2) {
-        assert!(
-            w[1].0 >= w[0].1,
-            "sections {} and {} overlapped (seed {seed})",
-            w[0].2,
-            w[1].2
-        );
+    if let Some(v) = ledger.violation() {
+        panic!("mutual exclusion broken (seed {seed}): {v}");
     }
+    let n = ledger.sections().len();
     eprintln!("{events} fault events, {attempts} attempts, {n} critical sections");
-    assert!(n >= 10, "too few sections succeeded to mean anything: {n} (seed {seed})");
+    assert!(
+        n >= 10,
+        "too few sections succeeded to mean anything: {n} (seed {seed})"
+    );
 }

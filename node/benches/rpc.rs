@@ -125,14 +125,7 @@ fn detection(poweroffs: usize) {
     spec.set_size = 2;
     spec.parity = 1;
     spec.disk_image_bytes = 64 << 20;
-    let node = NodeCommand::new(env!("CARGO_BIN_EXE_disk-io-node")).args([
-        "serve",
-        "--config",
-        "{config}",
-        "--node",
-        "{node}",
-        "--format-missing",
-    ]);
+    let node = NodeCommand::disk_io_node(env!("CARGO_BIN_EXE_disk-io-node"));
     let mut c = Cluster::start(spec, node).expect("cluster");
     let addr = c.node("node2").expect("node2").rpc_addr;
     let secret = c.config().secret;

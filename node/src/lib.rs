@@ -1,15 +1,19 @@
 //! # disk-io-node
 //!
 //! The reference storage node: opens its local disks (as
-//! [`OpenMode::Owner`]) from the cluster config file and serves them over
-//! the node RPC ([`disk_io_rpc::RpcServer`]); later also the lockers and S3.
+//! [`OpenMode::Owner`]) from the cluster config file and serves them and
+//! its locker (a [`LeaseTable`]) over the node RPC
+//! ([`disk_io_rpc::RpcServer`]); later also S3. [`cluster_lock`] builds the
+//! quorum lock over every node's locker that clients of the cluster use.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 use disk_io::{Deadline, Disk, DiskConfig, DiskError, LocalDisk, OpenMode};
-use disk_io_rpc::{ClusterConfig, RpcConfig, RpcServer};
+use disk_io_api::{LeaseConfig, LeaseTable, Locker};
+use disk_io_erasure::{LockConfig, QuorumLock};
+use disk_io_rpc::{ClusterConfig, Peer, RpcConfig, RpcServer};
 
 /// What `serve` needs besides the cluster file.
 #[derive(Clone, Debug)]
@@ -130,11 +134,69 @@ pub async fn serve(
         .clone();
     let disks = open_disks(config, opts).await?;
     let disks: Vec<Arc<dyn Disk>> = disks.into_iter().map(|d| d as Arc<dyn Disk>).collect();
-    let server = RpcServer::new(disks, config.secret.as_bytes(), opts.rpc.clone())?;
+    let locker = Arc::new(LeaseTable::new(&node.name, lease_config(config)));
+    let sweeper = tokio::spawn(sweep_leases(locker.clone(), config.locks.ttl()));
+    let server = RpcServer::serving(
+        disks,
+        Some(locker as Arc<dyn Locker>),
+        config.secret.as_bytes(),
+        opts.rpc.clone(),
+    )?;
     let listener = tokio::net::TcpListener::bind(node.rpc_addr)
         .await
         .with_context(|| format!("binding the RPC address {}", node.rpc_addr))?;
     tracing::info!(node = %node.name, rpc = %node.rpc_addr, disks = node.disks.len(), "serving");
-    server.serve(listener, shutdown).await?;
+    let served = server.serve(listener, shutdown).await;
+    sweeper.abort();
+    served?;
     Ok(())
+}
+
+/// The node's locker limits, from the cluster's lock timing: leases no
+/// longer than the TTL, and nothing granted for a TTL after a start (a
+/// restarted node forgot leases their holders still count on).
+pub fn lease_config(config: &ClusterConfig) -> LeaseConfig {
+    LeaseConfig {
+        max_ttl: config.locks.ttl(),
+        startup_quiet: config.locks.ttl(),
+        ..LeaseConfig::default()
+    }
+}
+
+/// Drops expired leases every `every`, so dead owners' leases do not pile
+/// up in memory when nobody asks for those resources again.
+async fn sweep_leases(table: Arc<LeaseTable>, every: Duration) {
+    let mut tick = tokio::time::interval(every.max(Duration::from_millis(100)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let gone = table.sweep();
+        if gone > 0 {
+            tracing::debug!(resources = gone, "expired leases dropped");
+        }
+    }
+}
+
+/// The cluster's quorum lock as `owner` sees it: every node's locker over
+/// the RPC, with the cluster's lock timing. Peers are made here; callers
+/// keep the lock (and so the peers) for as long as they lock.
+pub fn cluster_lock(
+    config: &ClusterConfig,
+    owner: &str,
+    rpc: &RpcConfig,
+) -> anyhow::Result<QuorumLock> {
+    let mut lockers: Vec<Arc<dyn Locker>> = Vec::new();
+    for n in &config.nodes {
+        let peer = Peer::new(&n.name, n.rpc_addr, config.secret.as_bytes(), rpc.clone())
+            .map_err(|e| anyhow!("peer {}: {e}", n.name))?;
+        lockers.push(Arc::new(peer.locker()));
+    }
+    let t = &config.locks;
+    let cfg = LockConfig {
+        ttl: t.ttl(),
+        refresh_interval: t.refresh(),
+        attempt_timeout: t.attempt(),
+        ..LockConfig::default()
+    };
+    QuorumLock::new(lockers, owner, cfg).map_err(|e| anyhow!("{e}"))
 }

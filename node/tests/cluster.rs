@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use disk_io::{CreateOptions, Deadline, DeleteOptions, Disk, DiskError, HealthConfig};
 mod common;
 use common::until_ok;
-use disk_io_harness::cluster::{Cluster, ClusterSpec, NodeCommand};
+use disk_io_harness::cluster::{Cluster, ClusterSpec};
 use disk_io_harness::netns::RuntimeSpec;
 use disk_io_harness::privilege;
 use disk_io_rpc::{BreakerConfig, BreakerState, Peer, RpcConfig};
@@ -35,15 +35,7 @@ fn cluster(nodes: usize) -> Cluster {
     spec.set_size = nodes;
     spec.parity = nodes / 2;
     spec.disk_image_bytes = 512 << 20;
-    let node = NodeCommand::new(env!("CARGO_BIN_EXE_disk-io-node")).args([
-        "serve",
-        "--config",
-        "{config}",
-        "--node",
-        "{node}",
-        "--format-missing",
-    ]);
-    Cluster::start(spec, node).expect("start the cluster")
+    Cluster::start(spec, common::node_command()).expect("start the cluster")
 }
 
 fn health() -> HealthConfig {

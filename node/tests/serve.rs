@@ -32,6 +32,7 @@ async fn serve_opens_formats_and_serves_the_nodes_disks() {
         secret: "0123456789abcdef0123456789abcdef".into(),
         set_size: 2,
         parity: 1,
+        locks: Default::default(),
         nodes: vec![NodeConfig {
             name: "node1".into(),
             rpc_addr,

@@ -1,5 +1,6 @@
 //! The client side: a [`Peer`] per remote node (data channel, liveness
-//! channel, breaker) and a [`RemoteDisk`] per disk of that node.
+//! channel, breaker), a [`RemoteDisk`] per disk of that node and a
+//! [`RemoteLocker`] for its locker.
 //!
 //! A call never waits past its deadline: the budget goes out in the request
 //! (`grpc-timeout` and the signed `x-dio-budget`), and the whole call, the
@@ -15,7 +16,7 @@ use std::time::Instant;
 use async_trait::async_trait;
 use disk_io_api::{
     CreateOptions, Deadline, DeleteOptions, Disk, DiskError, DiskId, DiskInfo, FileInfo,
-    HealthState, OpClass, Result, ShardWriter, VolInfo,
+    HealthState, LockKind, LockRequest, Locker, OpClass, Result, ShardWriter, VolInfo,
 };
 use disk_io_health::{Health, HealthConfig, Observer};
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -327,8 +328,32 @@ impl DiskInner {
         F: FnOnce(Client, Request<Req>) -> Fut,
         Fut: Future<Output = std::result::Result<Response<Resp>, Status>>,
     {
+        self.peer
+            .call(Some(&self.health), op, method, msg, deadline, f)
+            .await
+    }
+}
+
+impl Peer {
+    /// One signed call under `deadline`, through the breaker, and through
+    /// `health` when the call is a disk's (a locker has none of its own:
+    /// the breaker is what takes a dead peer out).
+    async fn call<Req, Resp, F, Fut>(
+        &self,
+        health: Option<&Health>,
+        op: OpClass,
+        method: &'static str,
+        msg: Req,
+        deadline: Deadline,
+        f: F,
+    ) -> Result<Resp>
+    where
+        Req: Message,
+        F: FnOnce(Client, Request<Req>) -> Fut,
+        Fut: Future<Output = std::result::Result<Response<Resp>, Status>>,
+    {
         let start = Instant::now();
-        let peer = &self.peer.shared;
+        let peer = &self.shared;
         let budget = deadline.remaining();
         if budget.is_zero() {
             return Err(DiskError::DeadlineExceeded {
@@ -341,7 +366,7 @@ impl DiskInner {
                 peer: peer.name.clone(),
             });
         }
-        if let Err(e) = self.health.admit() {
+        if let Some(Err(e)) = health.map(Health::admit) {
             // Not sent: a half-open probe slot goes back unused.
             lock(&peer.breaker).release();
             return Err(e);
@@ -368,8 +393,120 @@ impl DiskInner {
             }
         };
         guard.report(peer_failed);
-        self.health.on_outcome(&result);
+        if let Some(h) = health {
+            h.on_outcome(&result);
+        }
         result
+    }
+
+    /// This peer's locker.
+    pub fn locker(self: &Arc<Self>) -> RemoteLocker {
+        RemoteLocker { peer: self.clone() }
+    }
+}
+
+/// A peer node's locker, behind the [`Locker`] trait. Its calls go through
+/// the peer's breaker, so a powered-off node costs a lock attempt nothing
+/// once the breaker is open (`CircuitOpen`, an unavailable vote).
+#[derive(Clone)]
+pub struct RemoteLocker {
+    peer: Arc<Peer>,
+}
+
+impl std::fmt::Debug for RemoteLocker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteLocker")
+            .field("peer", &self.peer.name())
+            .finish()
+    }
+}
+
+/// Milliseconds on the wire; a sub-millisecond TTL rounds up (it is not
+/// zero), a zero TTL stays zero for the locker to refuse.
+fn ttl_ms(ttl: std::time::Duration) -> u64 {
+    let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+    if ms == 0 && !ttl.is_zero() {
+        1
+    } else {
+        ms
+    }
+}
+
+#[async_trait]
+impl Locker for RemoteLocker {
+    fn label(&self) -> &str {
+        self.peer.name()
+    }
+
+    async fn acquire(&self, req: &LockRequest, deadline: Deadline) -> Result<bool> {
+        let m = LockArgs {
+            resource: req.resource.clone(),
+            uid: req.uid.clone(),
+            owner: req.owner.clone(),
+            kind: match req.kind {
+                LockKind::Read => 0,
+                LockKind::Write => 1,
+            },
+            ttl_ms: ttl_ms(req.ttl),
+        };
+        let r = self
+            .peer
+            .call(
+                None,
+                OpClass::Lock,
+                methods::LOCK,
+                m,
+                deadline,
+                |mut c, r| async move { c.lock(r).await },
+            )
+            .await?;
+        Ok(r.granted)
+    }
+
+    async fn refresh(
+        &self,
+        resource: &str,
+        uid: &str,
+        ttl: std::time::Duration,
+        deadline: Deadline,
+    ) -> Result<bool> {
+        let m = LeaseArgs {
+            resource: resource.to_string(),
+            uid: uid.to_string(),
+            ttl_ms: ttl_ms(ttl),
+        };
+        let r = self
+            .peer
+            .call(
+                None,
+                OpClass::Lock,
+                methods::REFRESH_LOCK,
+                m,
+                deadline,
+                |mut c, r| async move { c.refresh_lock(r).await },
+            )
+            .await?;
+        Ok(r.granted)
+    }
+
+    async fn release(&self, resource: &str, uid: &str, deadline: Deadline) -> Result<bool> {
+        let m = LeaseArgs {
+            resource: resource.to_string(),
+            uid: uid.to_string(),
+            ttl_ms: 0,
+        };
+        let r = self
+            .peer
+            .call(
+                None,
+                OpClass::Lock,
+                methods::UNLOCK,
+                m,
+                deadline,
+                |mut c, r| async move { c.unlock(r).await },
+            )
+            .await?;
+        Ok(r.granted)
     }
 }
 

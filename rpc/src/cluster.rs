@@ -78,8 +78,80 @@ pub struct ClusterConfig {
     pub set_size: usize,
     /// Parity shards per set.
     pub parity: usize,
+    /// Timing of quorum locks (optional; defaults below).
+    #[serde(default)]
+    pub locks: LockTiming,
     /// The nodes, in order.
     pub nodes: Vec<NodeConfig>,
+}
+
+/// Timing of quorum locks, one for the whole cluster: holders refresh on
+/// it and lockers size their leases and their quiet period after a start
+/// by it, so they must agree.
+///
+/// ```toml
+/// [locks]
+/// ttl_ms = 30000      # lease length
+/// refresh_ms = 10000  # holders refresh this often (at most ttl / 2)
+/// attempt_ms = 1000   # one call to one locker (below refresh_ms)
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LockTiming {
+    /// Lease length, milliseconds.
+    pub ttl_ms: u64,
+    /// Refresh interval, milliseconds.
+    pub refresh_ms: u64,
+    /// Deadline of one call to one locker, milliseconds.
+    pub attempt_ms: u64,
+}
+
+impl Default for LockTiming {
+    fn default() -> Self {
+        // RustFS's figures: 30 s TTL refreshed every 10 s, 1 s attempts.
+        LockTiming {
+            ttl_ms: 30_000,
+            refresh_ms: 10_000,
+            attempt_ms: 1_000,
+        }
+    }
+}
+
+impl LockTiming {
+    /// Lease length.
+    pub fn ttl(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.ttl_ms)
+    }
+
+    /// Refresh interval.
+    pub fn refresh(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.refresh_ms)
+    }
+
+    /// One call's deadline.
+    pub fn attempt(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.attempt_ms)
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.ttl_ms == 0 || self.refresh_ms == 0 || self.refresh_ms * 2 > self.ttl_ms {
+            return Err(ConfigError::Invalid {
+                what: format!(
+                    "locks: refresh_ms = {} must be in 1..=ttl_ms / 2 (ttl_ms = {})",
+                    self.refresh_ms, self.ttl_ms
+                ),
+            });
+        }
+        if self.attempt_ms == 0 || self.attempt_ms >= self.refresh_ms {
+            return Err(ConfigError::Invalid {
+                what: format!(
+                    "locks: attempt_ms = {} must be in 1..refresh_ms ({})",
+                    self.attempt_ms, self.refresh_ms
+                ),
+            });
+        }
+        Ok(())
+    }
 }
 
 /// One node of a [`ClusterConfig`].
@@ -155,6 +227,7 @@ impl ClusterConfig {
                 }
             }
         }
+        self.locks.validate()?;
         let total = self.nodes.iter().map(|n| n.disks.len()).sum();
         validate_sets(total, self.set_size, self.parity)
     }
@@ -253,6 +326,7 @@ mod tests {
             secret: "0123456789abcdef0123456789abcdef".into(),
             set_size: 8,
             parity: 4,
+            locks: Default::default(),
             nodes,
         }
     }
@@ -264,6 +338,23 @@ mod tests {
         assert!(text.contains("[[nodes]]"), "{text}");
         assert!(text.contains("rpc_addr = \"10.213.7.14:7100\""), "{text}");
         assert_eq!(ClusterConfig::from_toml(&text).unwrap(), config);
+        // A file without [locks] gets the defaults; one with it keeps them.
+        let mut bare = text.clone();
+        let start = bare.find("[locks]").expect("locks table written");
+        let end = start + bare[start..].find("\n\n").unwrap_or(bare.len() - start);
+        bare.replace_range(start..end, "");
+        assert_eq!(
+            ClusterConfig::from_toml(&bare).unwrap().locks,
+            LockTiming::default()
+        );
+        let mut custom = config.clone();
+        custom.locks = LockTiming {
+            ttl_ms: 3000,
+            refresh_ms: 1000,
+            attempt_ms: 300,
+        };
+        let round = ClusterConfig::from_toml(&custom.to_toml().unwrap()).unwrap();
+        assert_eq!(round.locks, custom.locks);
     }
 
     #[test]
@@ -279,7 +370,10 @@ mod tests {
 
     #[test]
     fn refuses_bad_configs_with_typed_errors() {
-        let cases: [fn(&mut ClusterConfig); 9] = [
+        let cases: [fn(&mut ClusterConfig); 12] = [
+            |c| c.locks.refresh_ms = c.locks.ttl_ms,
+            |c| c.locks.attempt_ms = c.locks.refresh_ms,
+            |c| c.locks.ttl_ms = 0,
             |c| c.schema = 2,
             |c| c.secret = "short".into(),
             |c| c.nodes[1].name = "node1".into(),

@@ -28,6 +28,8 @@ pub fn decode_all(data: &[u8]) {
     let _ = AppendRequest::decode(data);
     let _ = SessionRequest::decode(data);
     let _ = Heartbeat::decode(data);
+    let _ = LockArgs::decode(data);
+    let _ = LeaseArgs::decode(data);
     if let Ok(m) = DiskInfoMsg::decode(data) {
         let _ = wire::info_from_wire(m);
     }

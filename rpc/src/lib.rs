@@ -10,8 +10,11 @@
 //!   `CircuitOpen`, `Busy`, `Rejected`).
 //! * [`Peer`]: one per remote node: data channel, liveness channel (its own
 //!   connection), [`Breaker`].
-//! * [`RpcServer`]: serves any `Vec<Arc<dyn Disk>>`, authenticating every
-//!   request ([`auth`]), bounding everything ([`RpcConfig`]).
+//! * [`RpcServer`]: serves any `Vec<Arc<dyn Disk>>` and the node's
+//!   [`Locker`](disk_io_api::Locker), authenticating every request
+//!   ([`auth`]), bounding everything ([`RpcConfig`]).
+//! * [`RemoteLocker`]: a peer's locker behind the `Locker` trait, through
+//!   the same breaker as its disks.
 //! * [`cluster`]: the cluster config file (TOML), shared with the harness.
 //!
 //! **Boundary:** no CLI, exporter, S3 or test-only dependency; depends on
@@ -63,11 +66,14 @@ pub mod methods {
         DELETE = "Delete",
         LIST_DIR = "ListDir",
         PING = "Ping",
+        LOCK = "Lock",
+        REFRESH_LOCK = "RefreshLock",
+        UNLOCK = "Unlock",
     }
 }
 
 pub use breaker::{Breaker, BreakerState};
-pub use client::{Peer, RemoteDisk};
-pub use cluster::{ClusterConfig, NodeConfig};
+pub use client::{Peer, RemoteDisk, RemoteLocker};
+pub use cluster::{ClusterConfig, LockTiming, NodeConfig};
 pub use config::{BreakerConfig, RpcConfig};
 pub use server::{RpcServer, ServeError, ServerStats};

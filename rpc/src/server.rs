@@ -16,7 +16,10 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use disk_io_api::{CreateOptions, Deadline, DeleteOptions, Disk, DiskError, OpClass, ShardWriter};
+use disk_io_api::{
+    CreateOptions, Deadline, DeleteOptions, Disk, DiskError, LockKind, LockRequest, Locker,
+    OpClass, ShardWriter,
+};
 use prost::Message;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_stream::StreamExt;
@@ -103,6 +106,7 @@ struct SessionEntry {
 
 struct Inner {
     disks: Vec<Arc<dyn Disk>>,
+    locker: Option<Arc<dyn Locker>>,
     cfg: RpcConfig,
     verifier: Verifier,
     in_flight: Arc<Semaphore>,
@@ -160,9 +164,20 @@ impl Drop for ConnSlot {
 }
 
 impl RpcServer {
-    /// A server for `disks` (index = position), authenticating with `secret`.
+    /// A server for `disks` (index = position), authenticating with
+    /// `secret`, with no locker (lock calls are `Rejected`).
     pub fn new(
         disks: Vec<Arc<dyn Disk>>,
+        secret: &[u8],
+        cfg: RpcConfig,
+    ) -> Result<RpcServer, ServeError> {
+        RpcServer::serving(disks, None, secret, cfg)
+    }
+
+    /// A server for `disks` and, when set, the node's `locker`.
+    pub fn serving(
+        disks: Vec<Arc<dyn Disk>>,
+        locker: Option<Arc<dyn Locker>>,
         secret: &[u8],
         cfg: RpcConfig,
     ) -> Result<RpcServer, ServeError> {
@@ -175,9 +190,19 @@ impl RpcServer {
                 sessions: Mutex::new(HashMap::new()),
                 stats: Arc::new(ServerStats::default()),
                 disks,
+                locker,
                 cfg,
             }),
         })
+    }
+
+    fn locker(&self) -> Result<Arc<dyn Locker>, DiskError> {
+        self.inner
+            .locker
+            .clone()
+            .ok_or_else(|| DiskError::Rejected {
+                reason: "this node serves no locker".into(),
+            })
     }
 
     /// What the server refused and served so far.
@@ -404,8 +429,56 @@ fn usize_arg(v: u64, what: &str) -> Result<usize, DiskError> {
     })
 }
 
+fn lock_kind(k: u32) -> Result<LockKind, DiskError> {
+    match k {
+        0 => Ok(LockKind::Read),
+        1 => Ok(LockKind::Write),
+        other => Err(DiskError::InvalidArgument {
+            reason: format!("lock kind {other} is neither 0 (read) nor 1 (write)"),
+        }),
+    }
+}
+
+fn ttl_arg(ms: u64) -> std::time::Duration {
+    std::time::Duration::from_millis(ms)
+}
+
 #[tonic::async_trait]
 impl DiskService for RpcServer {
+    async fn lock(&self, r: Request<LockArgs>) -> Result<Response<Granted>, Status> {
+        self.run(methods::LOCK, OpClass::Lock, r, |m, d| async move {
+            let req = LockRequest {
+                resource: m.resource,
+                uid: m.uid,
+                owner: m.owner,
+                kind: lock_kind(m.kind)?,
+                ttl: ttl_arg(m.ttl_ms),
+            };
+            let granted = self.locker()?.acquire(&req, d).await?;
+            Ok(Granted { granted })
+        })
+        .await
+    }
+
+    async fn refresh_lock(&self, r: Request<LeaseArgs>) -> Result<Response<Granted>, Status> {
+        self.run(methods::REFRESH_LOCK, OpClass::Lock, r, |m, d| async move {
+            let granted = self
+                .locker()?
+                .refresh(&m.resource, &m.uid, ttl_arg(m.ttl_ms), d)
+                .await?;
+            Ok(Granted { granted })
+        })
+        .await
+    }
+
+    async fn unlock(&self, r: Request<LeaseArgs>) -> Result<Response<Granted>, Status> {
+        self.run(methods::UNLOCK, OpClass::Lock, r, |m, d| async move {
+            let granted = self.locker()?.release(&m.resource, &m.uid, d).await?;
+            Ok(Granted { granted })
+        })
+        .await
+    }
+
     async fn disk_id(&self, r: Request<DiskTarget>) -> Result<Response<DiskIdMsg>, Status> {
         self.run(methods::DISK_ID, OpClass::DiskId, r, |m, d| async move {
             Ok(wire::id_to_wire(&self.disk(m.disk)?.disk_id(d).await?))

@@ -211,7 +211,9 @@ impl LeaseTable {
                 reason: format!(
                     "locker {} started {:?} ago and grants nothing for {:?} after a start",
                     self.label,
-                    self.cfg.startup_quiet.saturating_sub(self.grants_from - now),
+                    self.cfg
+                        .startup_quiet
+                        .saturating_sub(self.grants_from - now),
                     self.cfg.startup_quiet
                 ),
             });
@@ -384,14 +386,22 @@ mod tests {
         assert_eq!(t.try_acquire(&req("w1", LockKind::Write, 1000)), Ok(true));
         assert_eq!(t.try_acquire(&req("w2", LockKind::Write, 1000)), Ok(false));
         assert_eq!(t.try_acquire(&req("r1", LockKind::Read, 1000)), Ok(false));
-        assert_eq!(t.try_acquire(&req("w1", LockKind::Write, 1000)), Ok(true), "same uid renews");
+        assert_eq!(
+            t.try_acquire(&req("w1", LockKind::Write, 1000)),
+            Ok(true),
+            "same uid renews"
+        );
         assert_eq!(t.try_release("r", "w2"), Ok(false), "not the holder");
         assert_eq!(t.try_release("r", "w1"), Ok(true));
         assert_eq!(t.try_acquire(&req("r1", LockKind::Read, 1000)), Ok(true));
         assert_eq!(t.try_acquire(&req("r2", LockKind::Read, 1000)), Ok(true));
         assert_eq!(t.try_acquire(&req("w2", LockKind::Write, 1000)), Ok(false));
         assert_eq!(t.try_release("r", "r1"), Ok(true));
-        assert_eq!(t.try_acquire(&req("w2", LockKind::Write, 1000)), Ok(false), "r2 still reads");
+        assert_eq!(
+            t.try_acquire(&req("w2", LockKind::Write, 1000)),
+            Ok(false),
+            "r2 still reads"
+        );
         assert_eq!(t.try_release("r", "r2"), Ok(true));
         assert!(t.is_empty(), "the last release drops the resource");
         assert_eq!(t.try_acquire(&req("w2", LockKind::Write, 1000)), Ok(true));
@@ -403,12 +413,27 @@ mod tests {
         let t = LeaseTable::with_clock("n1", cfg(), clock);
         assert_eq!(t.try_acquire(&req("w1", LockKind::Write, 100)), Ok(true));
         ms.store(90, Ordering::SeqCst);
-        assert_eq!(t.try_refresh("r", "w1", Duration::from_millis(100)), Ok(true));
+        assert_eq!(
+            t.try_refresh("r", "w1", Duration::from_millis(100)),
+            Ok(true)
+        );
         ms.store(150, Ordering::SeqCst);
-        assert_eq!(t.try_acquire(&req("w2", LockKind::Write, 100)), Ok(false), "refreshed to 190");
+        assert_eq!(
+            t.try_acquire(&req("w2", LockKind::Write, 100)),
+            Ok(false),
+            "refreshed to 190"
+        );
         ms.store(191, Ordering::SeqCst);
-        assert_eq!(t.try_refresh("r", "w1", Duration::from_millis(100)), Ok(false), "expired");
-        assert_eq!(t.try_release("r", "w1"), Ok(false), "an expired lease is no lease");
+        assert_eq!(
+            t.try_refresh("r", "w1", Duration::from_millis(100)),
+            Ok(false),
+            "expired"
+        );
+        assert_eq!(
+            t.try_release("r", "w1"),
+            Ok(false),
+            "an expired lease is no lease"
+        );
         assert_eq!(t.try_acquire(&req("w2", LockKind::Write, 100)), Ok(true));
         // Readers expire one by one.
         ms.store(1000, Ordering::SeqCst);
@@ -416,8 +441,15 @@ mod tests {
         ms.store(1050, Ordering::SeqCst);
         assert_eq!(t.try_acquire(&req("r2", LockKind::Read, 100)), Ok(true));
         ms.store(1120, Ordering::SeqCst);
-        assert_eq!(t.try_refresh("r", "r1", Duration::from_millis(100)), Ok(false));
-        assert_eq!(t.try_acquire(&req("w3", LockKind::Write, 100)), Ok(false), "r2 lives to 1150");
+        assert_eq!(
+            t.try_refresh("r", "r1", Duration::from_millis(100)),
+            Ok(false)
+        );
+        assert_eq!(
+            t.try_acquire(&req("w3", LockKind::Write, 100)),
+            Ok(false),
+            "r2 lives to 1150"
+        );
         ms.store(1151, Ordering::SeqCst);
         assert_eq!(t.sweep(), 1);
         assert!(t.is_empty());
@@ -456,10 +488,16 @@ mod tests {
         assert!(matches!(t.try_acquire(&d), Err(DiskError::Busy { .. })));
         // Bad requests are typed.
         let mut z = req("z", LockKind::Write, 0);
-        assert!(matches!(t.try_acquire(&z), Err(DiskError::InvalidArgument { .. })));
+        assert!(matches!(
+            t.try_acquire(&z),
+            Err(DiskError::InvalidArgument { .. })
+        ));
         z.ttl = Duration::from_millis(10);
         z.uid.clear();
-        assert!(matches!(t.try_acquire(&z), Err(DiskError::InvalidArgument { .. })));
+        assert!(matches!(
+            t.try_acquire(&z),
+            Err(DiskError::InvalidArgument { .. })
+        ));
     }
 
     #[test]
@@ -475,8 +513,14 @@ mod tests {
         );
         let r = t.try_acquire(&req("w1", LockKind::Write, 100));
         assert!(matches!(r, Err(DiskError::Busy { .. })), "{r:?}");
-        assert!(r.unwrap_err().is_unavailable(), "a missing vote, not a refusal");
-        assert_eq!(t.try_refresh("r", "w1", Duration::from_millis(100)), Ok(false));
+        assert!(
+            r.unwrap_err().is_unavailable(),
+            "a missing vote, not a refusal"
+        );
+        assert_eq!(
+            t.try_refresh("r", "w1", Duration::from_millis(100)),
+            Ok(false)
+        );
         ms.store(300, Ordering::SeqCst);
         assert_eq!(t.try_acquire(&req("w1", LockKind::Write, 100)), Ok(true));
     }

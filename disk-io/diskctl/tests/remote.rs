@@ -42,6 +42,7 @@ fn config(dir: &std::path::Path, nodes: &[(&str, SocketAddr)]) -> String {
         secret: SECRET.into(),
         set_size: nodes.len(),
         parity: nodes.len() / 2,
+        locks: Default::default(),
         nodes,
     };
     let path = dir.join("cluster.toml");

@@ -36,7 +36,15 @@ impl Drop for Served {
 }
 
 pub async fn serve(disks: Vec<Arc<dyn Disk>>, cfg: RpcConfig) -> Served {
-    let server = RpcServer::new(disks, SECRET, cfg).expect("server config");
+    serve_with_locker(disks, None, cfg).await
+}
+
+pub async fn serve_with_locker(
+    disks: Vec<Arc<dyn Disk>>,
+    locker: Option<Arc<dyn disk_io_api::Locker>>,
+    cfg: RpcConfig,
+) -> Served {
+    let server = RpcServer::serving(disks, locker, SECRET, cfg).expect("server config");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind loopback");

@@ -587,6 +587,7 @@ impl Cluster {
             secret: self.secret(),
             set_size: self.state.spec.set_size,
             parity: self.state.spec.parity,
+            locks: self.state.spec.locks.clone(),
             nodes: self
                 .state
                 .nodes

@@ -25,6 +25,8 @@ pub struct ClusterSpec {
     pub set_size: usize,
     /// Parity shards per set (at most half the set).
     pub parity: usize,
+    /// Quorum-lock timing written to the cluster config.
+    pub locks: disk_io_rpc::LockTiming,
     /// Cluster secret for the config file; a random 256-bit hex string when `None`.
     pub secret: Option<String>,
     /// Port every node's RPC server listens on (each node has its own address).
@@ -71,6 +73,7 @@ impl Default for ClusterSpec {
             disk_image_bytes: 256 << 20,
             set_size: 8,
             parity: 4,
+            locks: disk_io_rpc::LockTiming::default(),
             secret: None,
             rpc_port: 7100,
             s3_port: 9000,
@@ -303,6 +306,20 @@ impl NodeCommand {
             args: Vec::new(),
             env: Vec::new(),
         }
+    }
+
+    /// `program serve --config {config} --node {node} --format-missing`:
+    /// the `disk-io-node` binary at `program` serving its node, formatting
+    /// disks that have no format yet at their erasure positions.
+    pub fn disk_io_node(program: impl Into<PathBuf>) -> NodeCommand {
+        NodeCommand::new(program).args([
+            "serve",
+            "--config",
+            "{config}",
+            "--node",
+            "{node}",
+            "--format-missing",
+        ])
     }
 
     /// Appends one argument.
