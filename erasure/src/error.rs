@@ -92,6 +92,15 @@ pub enum ErasureError {
 }
 
 impl ErasureError {
+    /// Too few disks answered (or the deadline came first): the cluster
+    /// did not say no, it did not say anything; a later try may succeed.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            ErasureError::Quorum(QuorumError::Unavailable(_)) | ErasureError::DeadlineExceeded { .. }
+        )
+    }
+
     pub(crate) fn stream(e: std::io::Error) -> Self {
         ErasureError::Stream {
             kind: e.kind(),

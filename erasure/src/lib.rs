@@ -15,6 +15,8 @@
 //!   by rename and made visible by quorum-written metadata), GET (first
 //!   `data` good shards, hedged reads, bitrot checks, reconstruction,
 //!   ranges), stat, delete, list, heal and scan.
+//! * [`ConfigStore`]: configuration documents in a system bucket, read
+//!   under a quorum read lock and written under a write lock.
 //! * [`QuorumLock`]: read and write locks over every node's
 //!   [`Locker`](disk_io_api::Locker), as leases refreshed by the holder.
 //!
@@ -33,6 +35,7 @@ mod offline;
 pub mod quorum;
 mod set;
 mod sets;
+pub mod sysconfig;
 
 pub use config::{read_quorum, write_quorum, DiskSlot, ErasureConfig, Topology};
 pub use error::ErasureError;
@@ -47,3 +50,4 @@ pub use set::{
     DiskStatus, ErasureSet, GetReport, HealReport, ObjectInfo, PutReport, ScanReport, SetReport,
 };
 pub use sets::{placement, ErasureSets};
+pub use sysconfig::{ConfigError, ConfigStore, ConfigStoreConfig, SYSTEM_BUCKET};

@@ -128,6 +128,13 @@ pub enum LockError {
         /// Attempts made.
         attempts: u32,
     },
+    /// The lock was held but its lease is no longer valid (lost its quorum,
+    /// or ran out before a refresh): what it protected must not be written.
+    #[error("the lock on {resource:?} was lost")]
+    Lost {
+        /// What was locked.
+        resource: String,
+    },
     /// A locker answered with an error that is not a vote either way (a bad
     /// request): retrying cannot help.
     #[error("locker {locker} refused the request: {error}")]
@@ -147,6 +154,11 @@ impl LockError {
     /// attempt may succeed: what config and IAM readers retry on.
     pub fn is_timeout(&self) -> bool {
         matches!(self, LockError::Timeout { .. })
+    }
+
+    /// A new attempt may succeed: a timeout, or a lock lost mid-way.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, LockError::Timeout { .. } | LockError::Lost { .. })
     }
 }
 
