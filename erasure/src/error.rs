@@ -97,7 +97,8 @@ impl ErasureError {
     pub fn is_unavailable(&self) -> bool {
         matches!(
             self,
-            ErasureError::Quorum(QuorumError::Unavailable(_)) | ErasureError::DeadlineExceeded { .. }
+            ErasureError::Quorum(QuorumError::Unavailable(_))
+                | ErasureError::DeadlineExceeded { .. }
         )
     }
 

@@ -145,10 +145,18 @@ impl ConfigStore {
     }
 
     /// The document at `path`, or `None` if there is none.
-    pub async fn read(&self, path: &str, deadline: Deadline) -> Result<Option<Vec<u8>>, ConfigError> {
+    pub async fn read(
+        &self,
+        path: &str,
+        deadline: Deadline,
+    ) -> Result<Option<Vec<u8>>, ConfigError> {
         let guard = self
             .locks
-            .lock(&lock_name(path), LockKind::Read, self.lock_deadline(deadline))
+            .lock(
+                &lock_name(path),
+                LockKind::Read,
+                self.lock_deadline(deadline),
+            )
             .await?;
         let r = self.get(path, deadline).await;
         guard.release(deadline).await;
@@ -171,7 +179,10 @@ impl ConfigStore {
             });
         }
         let mut out = Vec::with_capacity(size);
-        match set.get_object(SYSTEM_BUCKET, path, None, &mut out, deadline).await {
+        match set
+            .get_object(SYSTEM_BUCKET, path, None, &mut out, deadline)
+            .await
+        {
             Ok(_) => Ok(Some(out)),
             // Deleted between the stat and the read.
             Err(ErasureError::ObjectNotFound) => Ok(None),
@@ -189,12 +200,18 @@ impl ConfigStore {
         }
         let set = self.sets.set_for(SYSTEM_BUCKET, path);
         let mut src = data;
-        set.put_object(SYSTEM_BUCKET, path, &mut src, deadline).await?;
+        set.put_object(SYSTEM_BUCKET, path, &mut src, deadline)
+            .await?;
         Ok(())
     }
 
     /// Replace the document at `path` with `data`.
-    pub async fn write(&self, path: &str, data: &[u8], deadline: Deadline) -> Result<(), ConfigError> {
+    pub async fn write(
+        &self,
+        path: &str,
+        data: &[u8],
+        deadline: Deadline,
+    ) -> Result<(), ConfigError> {
         self.update(path, deadline, |_| Ok(Some(data.to_vec())))
             .await
             .map(drop)
@@ -204,7 +221,11 @@ impl ConfigStore {
     pub async fn delete(&self, path: &str, deadline: Deadline) -> Result<bool, ConfigError> {
         let guard = self
             .locks
-            .lock(&lock_name(path), LockKind::Write, self.lock_deadline(deadline))
+            .lock(
+                &lock_name(path),
+                LockKind::Write,
+                self.lock_deadline(deadline),
+            )
             .await?;
         let set = self.sets.set_for(SYSTEM_BUCKET, path);
         let r = match set.delete_object(SYSTEM_BUCKET, path, deadline).await {
@@ -227,7 +248,11 @@ impl ConfigStore {
     ) -> Result<Option<Vec<u8>>, ConfigError> {
         let guard = self
             .locks
-            .lock(&lock_name(path), LockKind::Write, self.lock_deadline(deadline))
+            .lock(
+                &lock_name(path),
+                LockKind::Write,
+                self.lock_deadline(deadline),
+            )
             .await?;
         let r = async {
             let current = self.get(path, deadline).await?;

@@ -5,87 +5,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use disk_io::{Deadline, Disk, DiskConfig, LocalDisk};
-use disk_io_api::{LeaseConfig, LeaseTable, LockKind, Locker};
-use disk_io_erasure::{
-    ConfigError, ConfigStore, ConfigStoreConfig, ErasureConfig, ErasureSets, LockConfig,
-    QuorumLock, Topology,
-};
+use disk_io::Deadline;
+use disk_io_api::LockKind;
+use disk_io_erasure::{ConfigError, ConfigStoreConfig, QuorumLock};
 
-fn dl() -> Deadline {
-    Deadline::after(Duration::from_secs(10))
-}
-
-struct Cluster {
-    store: ConfigStore,
-    lockers: Vec<Arc<dyn Locker>>,
-    _dirs: Vec<tempfile::TempDir>,
-}
-
-fn lock_cfg() -> LockConfig {
-    LockConfig {
-        ttl: Duration::from_secs(3),
-        refresh_interval: Duration::from_secs(1),
-        attempt_timeout: Duration::from_millis(200),
-        ..LockConfig::default()
-    }
-}
-
-/// 4 "nodes" × 2 disks, sets of 4 (2+2), one locker per node.
-async fn cluster(cfg: ConfigStoreConfig) -> Cluster {
-    let topology = Topology {
-        nodes: 4,
-        disks_per_node: 2,
-        set_size: 4,
-        parity: 2,
-    };
-    let layout = topology.sets().expect("layout");
-    let mut dirs = Vec::new();
-    let mut disks = std::collections::HashMap::new();
-    for (set, slots) in layout.iter().enumerate() {
-        for (index, slot) in slots.iter().enumerate() {
-            let d = tempfile::tempdir().expect("tempdir");
-            let disk = LocalDisk::builder(d.path())
-                .config(DiskConfig::default())
-                .label(format!("n{}d{}", slot.node, slot.disk))
-                .open(dl())
-                .await
-                .expect("open");
-            disk.format(set as u32, index as u32, false, dl())
-                .await
-                .expect("format");
-            disks.insert((slot.node, slot.disk), Arc::new(disk) as Arc<dyn Disk>);
-            dirs.push(d);
-        }
-    }
-    let (sets, _) = ErasureSets::open(
-        topology,
-        |s| disks[&(s.node, s.disk)].clone(),
-        ErasureConfig::default(),
-        dl(),
-    )
-    .await
-    .expect("open sets");
-    let lockers: Vec<Arc<dyn Locker>> = (1..=4)
-        .map(|i| {
-            Arc::new(LeaseTable::new(
-                &format!("node{i}"),
-                LeaseConfig {
-                    startup_quiet: Duration::ZERO,
-                    ..LeaseConfig::default()
-                },
-            )) as Arc<dyn Locker>
-        })
-        .collect();
-    let locks = QuorumLock::new(lockers.clone(), "test", lock_cfg()).expect("locks");
-    let store = ConfigStore::new(Arc::new(sets), locks, cfg);
-    store.init(dl()).await.expect("init");
-    Cluster {
-        store,
-        lockers,
-        _dirs: dirs,
-    }
-}
+mod store_fixture;
+use store_fixture::{cluster, dl, lock_cfg};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn documents_round_trip_and_limits_are_typed() {
@@ -96,8 +21,12 @@ async fn documents_round_trip_and_limits_are_typed() {
     .await;
     let s = &c.store;
     assert_eq!(s.read("iam/users/alice.json", dl()).await, Ok(None));
-    s.write("iam/users/alice.json", b"{\"a\":1}", dl()).await.expect("write");
-    s.write("iam/users/bob.json", b"{\"b\":2}", dl()).await.expect("write");
+    s.write("iam/users/alice.json", b"{\"a\":1}", dl())
+        .await
+        .expect("write");
+    s.write("iam/users/bob.json", b"{\"b\":2}", dl())
+        .await
+        .expect("write");
     s.write("settings.json", b"{}", dl()).await.expect("write");
     assert_eq!(
         s.read("iam/users/alice.json", dl()).await,
@@ -118,13 +47,19 @@ async fn documents_round_trip_and_limits_are_typed() {
     let refused = s
         .update("iam/users/alice.json", dl(), |_| Err("no".into()))
         .await;
-    assert!(matches!(refused, Err(ConfigError::Refused { .. })), "{refused:?}");
+    assert!(
+        matches!(refused, Err(ConfigError::Refused { .. })),
+        "{refused:?}"
+    );
     assert_eq!(s.delete("iam/users/alice.json", dl()).await, Ok(true));
     assert_eq!(s.delete("iam/users/alice.json", dl()).await, Ok(false));
     assert_eq!(s.read("iam/users/alice.json", dl()).await, Ok(None));
     let big = vec![7u8; 5000];
     let r = s.write("big.json", &big, dl()).await;
-    assert!(matches!(r, Err(ConfigError::TooLarge { size: 5000, .. })), "{r:?}");
+    assert!(
+        matches!(r, Err(ConfigError::TooLarge { size: 5000, .. })),
+        "{r:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -136,11 +71,15 @@ async fn concurrent_read_modify_writes_lose_nothing() {
         tasks.push(tokio::spawn(async move {
             for i in 0..4u32 {
                 c.store
-                    .update("list.txt", Deadline::after(Duration::from_secs(30)), |cur| {
-                        let mut v = cur.unwrap_or_default();
-                        v.extend_from_slice(format!("{t}.{i}\n").as_bytes());
-                        Ok(Some(v))
-                    })
+                    .update(
+                        "list.txt",
+                        Deadline::after(Duration::from_secs(30)),
+                        |cur| {
+                            let mut v = cur.unwrap_or_default();
+                            v.extend_from_slice(format!("{t}.{i}\n").as_bytes());
+                            Ok(Some(v))
+                        },
+                    )
                     .await
                     .expect("update");
             }
@@ -149,15 +88,31 @@ async fn concurrent_read_modify_writes_lose_nothing() {
     for t in tasks {
         t.await.expect("task");
     }
-    let doc = c.store.read("list.txt", dl()).await.expect("read").expect("doc");
-    let lines: std::collections::HashSet<&[u8]> = doc.split(|b| *b == b'\n').filter(|l| !l.is_empty()).collect();
-    assert_eq!(lines.len(), 24, "every update survived: {}", String::from_utf8_lossy(&doc));
+    let doc = c
+        .store
+        .read("list.txt", dl())
+        .await
+        .expect("read")
+        .expect("doc");
+    let lines: std::collections::HashSet<&[u8]> = doc
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .collect();
+    assert_eq!(
+        lines.len(),
+        24,
+        "every update survived: {}",
+        String::from_utf8_lossy(&doc)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_held_lock_is_a_typed_retryable_timeout_by_the_deadline() {
     let c = cluster(ConfigStoreConfig::default()).await;
-    c.store.write("iam/users/x.json", b"1", dl()).await.expect("write");
+    c.store
+        .write("iam/users/x.json", b"1", dl())
+        .await
+        .expect("write");
     let other = QuorumLock::new(c.lockers.clone(), "other", lock_cfg()).expect("locks");
     let held = other
         .lock("config/iam/users/x.json", LockKind::Write, dl())
@@ -165,11 +120,17 @@ async fn a_held_lock_is_a_typed_retryable_timeout_by_the_deadline() {
         .expect("hold the document's lock");
     let budget = Duration::from_millis(400);
     let t0 = Instant::now();
-    let r = c.store.read("iam/users/x.json", Deadline::after(budget)).await;
+    let r = c
+        .store
+        .read("iam/users/x.json", Deadline::after(budget))
+        .await;
     let took = t0.elapsed();
     assert!(r.as_ref().is_err_and(ConfigError::is_lock_timeout), "{r:?}");
     assert!(r.as_ref().is_err_and(ConfigError::is_retryable));
-    assert!(took <= budget + Duration::from_millis(300), "answered after {took:?}");
+    assert!(
+        took <= budget + Duration::from_millis(300),
+        "answered after {took:?}"
+    );
     held.release(dl()).await;
     assert_eq!(
         c.store.read("iam/users/x.json", dl()).await,

@@ -13,7 +13,7 @@ use anyhow::{anyhow, Context};
 use disk_io::{Deadline, Disk, DiskConfig, DiskError, LocalDisk, OpenMode};
 use disk_io_api::{LeaseConfig, LeaseTable, Locker};
 use disk_io_erasure::{LockConfig, QuorumLock};
-use disk_io_rpc::{ClusterConfig, Peer, RpcConfig, RpcServer};
+use disk_io_rpc::{ClusterConfig, Peer, RpcConfig, RpcServer, Services};
 
 /// What `serve` needs besides the cluster file.
 #[derive(Clone, Debug)]
@@ -136,12 +136,11 @@ pub async fn serve(
     let disks: Vec<Arc<dyn Disk>> = disks.into_iter().map(|d| d as Arc<dyn Disk>).collect();
     let locker = Arc::new(LeaseTable::new(&node.name, lease_config(config)));
     let sweeper = tokio::spawn(sweep_leases(locker.clone(), config.locks.ttl()));
-    let server = RpcServer::serving(
-        disks,
-        Some(locker as Arc<dyn Locker>),
-        config.secret.as_bytes(),
-        opts.rpc.clone(),
-    )?;
+    let services = Services {
+        locker: Some(locker as Arc<dyn Locker>),
+        listener: None,
+    };
+    let server = RpcServer::serving(disks, services, config.secret.as_bytes(), opts.rpc.clone())?;
     let listener = tokio::net::TcpListener::bind(node.rpc_addr)
         .await
         .with_context(|| format!("binding the RPC address {}", node.rpc_addr))?;

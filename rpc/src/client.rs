@@ -399,6 +399,25 @@ impl Peer {
         result
     }
 
+    /// Send `topic`/`key` to the peer's listener; whether it took it.
+    pub async fn notify(&self, topic: &str, key: &str, deadline: Deadline) -> Result<bool> {
+        let m = NotifyMsg {
+            topic: topic.to_string(),
+            key: key.to_string(),
+        };
+        let r = self
+            .call(
+                None,
+                OpClass::Notify,
+                methods::NOTIFY,
+                m,
+                deadline,
+                |mut c, r| async move { c.notify(r).await },
+            )
+            .await?;
+        Ok(r.taken)
+    }
+
     /// This peer's locker.
     pub fn locker(self: &Arc<Self>) -> RemoteLocker {
         RemoteLocker { peer: self.clone() }

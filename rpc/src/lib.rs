@@ -69,6 +69,7 @@ pub mod methods {
         LOCK = "Lock",
         REFRESH_LOCK = "RefreshLock",
         UNLOCK = "Unlock",
+        NOTIFY = "Notify",
     }
 }
 
@@ -76,4 +77,4 @@ pub use breaker::{Breaker, BreakerState};
 pub use client::{Peer, RemoteDisk, RemoteLocker};
 pub use cluster::{ClusterConfig, LockTiming, NodeConfig};
 pub use config::{BreakerConfig, RpcConfig};
-pub use server::{RpcServer, ServeError, ServerStats};
+pub use server::{RpcServer, ServeError, ServerStats, Services};

@@ -17,8 +17,8 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use disk_io_api::{
-    CreateOptions, Deadline, DeleteOptions, Disk, DiskError, LockKind, LockRequest, Locker,
-    OpClass, ShardWriter,
+    CreateOptions, Deadline, DeleteOptions, Disk, DiskError, Listener, LockKind, LockRequest,
+    Locker, OpClass, ShardWriter,
 };
 use prost::Message;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -107,12 +107,22 @@ struct SessionEntry {
 struct Inner {
     disks: Vec<Arc<dyn Disk>>,
     locker: Option<Arc<dyn Locker>>,
+    listener: Option<Arc<dyn Listener>>,
     cfg: RpcConfig,
     verifier: Verifier,
     in_flight: Arc<Semaphore>,
     per_conn: Mutex<HashMap<Option<SocketAddr>, usize>>,
     sessions: Mutex<HashMap<u64, SessionEntry>>,
     stats: Arc<ServerStats>,
+}
+
+/// What a node serves besides its disks.
+#[derive(Clone, Default)]
+pub struct Services {
+    /// The node's locker (lock calls are `Rejected` without one).
+    pub locker: Option<Arc<dyn Locker>>,
+    /// Where peers' notifications go (`Rejected` without one).
+    pub listener: Option<Arc<dyn Listener>>,
 }
 
 /// The node RPC server.
@@ -165,23 +175,25 @@ impl Drop for ConnSlot {
 
 impl RpcServer {
     /// A server for `disks` (index = position), authenticating with
-    /// `secret`, with no locker (lock calls are `Rejected`).
+    /// `secret`, with no locker and no listener (their calls are
+    /// `Rejected`).
     pub fn new(
         disks: Vec<Arc<dyn Disk>>,
         secret: &[u8],
         cfg: RpcConfig,
     ) -> Result<RpcServer, ServeError> {
-        RpcServer::serving(disks, None, secret, cfg)
+        RpcServer::serving(disks, Services::default(), secret, cfg)
     }
 
-    /// A server for `disks` and, when set, the node's `locker`.
+    /// A server for `disks` and the node's other services.
     pub fn serving(
         disks: Vec<Arc<dyn Disk>>,
-        locker: Option<Arc<dyn Locker>>,
+        services: Services,
         secret: &[u8],
         cfg: RpcConfig,
     ) -> Result<RpcServer, ServeError> {
         cfg.check().map_err(ServeError::Config)?;
+        let Services { locker, listener } = services;
         Ok(RpcServer {
             inner: Arc::new(Inner {
                 verifier: Verifier::new(secret, cfg.replay_window, cfg.nonce_cache_entries),
@@ -191,6 +203,7 @@ impl RpcServer {
                 stats: Arc::new(ServerStats::default()),
                 disks,
                 locker,
+                listener,
                 cfg,
             }),
         })
@@ -467,6 +480,27 @@ impl DiskService for RpcServer {
                 .refresh(&m.resource, &m.uid, ttl_arg(m.ttl_ms), d)
                 .await?;
             Ok(Granted { granted })
+        })
+        .await
+    }
+
+    async fn notify(&self, r: Request<NotifyMsg>) -> Result<Response<Taken>, Status> {
+        self.run(methods::NOTIFY, OpClass::Notify, r, |m, _d| async move {
+            let l = self
+                .inner
+                .listener
+                .clone()
+                .ok_or_else(|| DiskError::Rejected {
+                    reason: "this node takes no notifications".into(),
+                })?;
+            if m.topic.len() > 256 || m.key.len() > 1024 {
+                return Err(DiskError::InvalidArgument {
+                    reason: "notification topic or key too long".into(),
+                });
+            }
+            Ok(Taken {
+                taken: l.notify(&m.topic, &m.key),
+            })
         })
         .await
     }

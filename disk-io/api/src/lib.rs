@@ -24,6 +24,7 @@ mod deadline;
 mod disk;
 mod error;
 mod lock;
+mod notify;
 mod op;
 mod state;
 mod timeouts;
@@ -34,6 +35,7 @@ pub use disk::{
 };
 pub use error::{Availability, DiskError, Errno, PathRule, Result, WrongType};
 pub use lock::{Clock, LeaseConfig, LeaseTable, LockKind, LockRequest, Locker};
+pub use notify::Listener;
 pub use op::OpClass;
 pub use state::HealthState;
 pub use timeouts::OpTimeouts;

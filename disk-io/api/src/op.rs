@@ -52,11 +52,13 @@ pub enum OpClass {
     RawWrite,
     /// A lease on a node's locker: acquire, refresh or release.
     Lock,
+    /// A notification to a peer (a hint that something changed).
+    Notify,
 }
 
 impl OpClass {
     /// All classes, for metric registration and tests.
-    pub const ALL: [OpClass; 22] = [
+    pub const ALL: [OpClass; 23] = [
         OpClass::Open,
         OpClass::Format,
         OpClass::DiskId,
@@ -80,6 +82,7 @@ impl OpClass {
         OpClass::RawWrite,
         // Appended: a class's position is its code on the wire.
         OpClass::Lock,
+        OpClass::Notify,
     ];
 
     /// Stable snake_case name (metrics label, span field, JSON).
@@ -107,6 +110,7 @@ impl OpClass {
             OpClass::RawRead => "raw_read",
             OpClass::RawWrite => "raw_write",
             OpClass::Lock => "lock",
+            OpClass::Notify => "notify",
         }
     }
 }

@@ -41,7 +41,11 @@ impl OpTimeouts {
         match op {
             // A lock attempt is as short as a disk-state check: a quorum
             // lock retries within its caller's deadline instead.
-            OpClass::Open | OpClass::DiskId | OpClass::DiskInfo | OpClass::Lock => self.disk_state,
+            OpClass::Open
+            | OpClass::DiskId
+            | OpClass::DiskInfo
+            | OpClass::Lock
+            | OpClass::Notify => self.disk_state,
             OpClass::CreateFile
             | OpClass::Append
             | OpClass::Finish

@@ -44,7 +44,11 @@ pub async fn serve_with_locker(
     locker: Option<Arc<dyn disk_io_api::Locker>>,
     cfg: RpcConfig,
 ) -> Served {
-    let server = RpcServer::serving(disks, locker, SECRET, cfg).expect("server config");
+    let services = disk_io_rpc::Services {
+        locker,
+        listener: None,
+    };
+    let server = RpcServer::serving(disks, services, SECRET, cfg).expect("server config");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind loopback");
