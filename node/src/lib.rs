@@ -93,24 +93,12 @@ fn erasure_position(
     node: &str,
     disk: usize,
 ) -> anyhow::Result<(usize, usize)> {
-    let per_node = config.nodes.first().map_or(0, |n| n.disks.len());
-    if config.nodes.iter().any(|n| n.disks.len() != per_node) {
-        return Err(anyhow!(
-            "the erasure layout needs the same number of disks on every node"
-        ));
-    }
     let node_index = config
         .nodes
         .iter()
         .position(|n| n.name == node)
         .ok_or_else(|| anyhow!("no node named {node:?}"))?;
-    let topology = disk_io_erasure::Topology {
-        nodes: config.nodes.len(),
-        disks_per_node: per_node,
-        set_size: config.set_size,
-        parity: config.parity,
-    };
-    let sets = topology.sets().map_err(|e| anyhow!("{e}"))?;
+    let sets = topology(config)?.sets().map_err(|e| anyhow!("{e}"))?;
     sets.iter()
         .enumerate()
         .find_map(|(s, slots)| {
@@ -172,6 +160,97 @@ async fn sweep_leases(table: Arc<LeaseTable>, every: Duration) {
         let gone = table.sweep();
         if gone > 0 {
             tracing::debug!(resources = gone, "expired leases dropped");
+        }
+    }
+}
+
+/// The cluster's topology as the erasure layer cuts it (every node must
+/// have the same number of disks).
+pub fn topology(config: &ClusterConfig) -> anyhow::Result<disk_io_erasure::Topology> {
+    let per_node = config.nodes.first().map_or(0, |n| n.disks.len());
+    if config.nodes.iter().any(|n| n.disks.len() != per_node) {
+        return Err(anyhow!(
+            "the erasure layout needs the same number of disks on every node"
+        ));
+    }
+    Ok(disk_io_erasure::Topology {
+        nodes: config.nodes.len(),
+        disks_per_node: per_node,
+        set_size: config.set_size,
+        parity: config.parity,
+    })
+}
+
+/// The cluster's erasure sets over every node's disks, all reached over
+/// the RPC (a client's view, or a node's view of its peers). Returns the
+/// peers too: they own the connections and must live as long as the sets.
+pub async fn cluster_sets(
+    config: &ClusterConfig,
+    rpc: &RpcConfig,
+    health: disk_io::HealthConfig,
+    erasure: disk_io_erasure::ErasureConfig,
+    deadline: Deadline,
+) -> anyhow::Result<(disk_io_erasure::ErasureSets, Vec<Arc<Peer>>)> {
+    let topo = topology(config)?;
+    let mut peers = Vec::new();
+    let mut disks = std::collections::HashMap::new();
+    for (node, n) in config.nodes.iter().enumerate() {
+        let peer = Peer::new(&n.name, n.rpc_addr, config.secret.as_bytes(), rpc.clone())
+            .map_err(|e| anyhow!("peer {}: {e}", n.name))?;
+        for disk in 0..topo.disks_per_node {
+            let d = peer.disk(disk as u32, health.clone(), Vec::new());
+            disks.insert(
+                disk_io_erasure::DiskSlot { node, disk },
+                Arc::new(d) as Arc<dyn Disk>,
+            );
+        }
+        peers.push(peer);
+    }
+    let (sets, _) =
+        disk_io_erasure::ErasureSets::open(topo, |slot| disks[&slot].clone(), erasure, deadline)
+            .await
+            .map_err(|e| anyhow!("opening the erasure sets: {e}"))?;
+    Ok((sets, peers))
+}
+
+/// IAM change hints to every peer over the node RPC: each send is spawned
+/// under `deadline`, at most `max_in_flight` at once; a hint that finds no
+/// free slot is dropped (the peers' periodic reload covers it), so an admin
+/// operation never waits for a peer, dead or alive.
+pub struct PeerBroadcast {
+    peers: Vec<Arc<Peer>>,
+    deadline: Duration,
+    slots: Arc<tokio::sync::Semaphore>,
+}
+
+impl PeerBroadcast {
+    /// Hints to `peers`, each under `deadline`, `max_in_flight` at once.
+    pub fn new(peers: Vec<Arc<Peer>>, deadline: Duration, max_in_flight: usize) -> PeerBroadcast {
+        PeerBroadcast {
+            peers,
+            deadline,
+            slots: Arc::new(tokio::sync::Semaphore::new(max_in_flight.max(1))),
+        }
+    }
+}
+
+impl disk_io_iam::Broadcast for PeerBroadcast {
+    fn send(&self, topic: &str, key: &str) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        for p in &self.peers {
+            let Ok(slot) = self.slots.clone().try_acquire_owned() else {
+                tracing::debug!(peer = %p.name(), "IAM hint dropped: every send slot is busy");
+                continue;
+            };
+            let (p, topic, key, d) = (p.clone(), topic.to_string(), key.to_string(), self.deadline);
+            rt.spawn(async move {
+                let _slot = slot;
+                if let Err(e) = p.notify(&topic, &key, Deadline::after(d)).await {
+                    tracing::debug!(peer = %p.name(), error = %e, "IAM hint not delivered");
+                }
+            });
         }
     }
 }
