@@ -33,6 +33,16 @@ pub(crate) fn set_gauges(set: usize, available: usize, read_q: usize, write_q: u
     metrics::gauge!(SET_WRITE_QUORUM, "set" => s).set(write_q as f64);
 }
 
+/// Register the must-stay-zero counter of every op of `set` at 0, so it is
+/// exported (and alertable) before the first increment, and an absent
+/// series means a node that does not export, not a healthy one.
+pub(crate) fn register_set(set: usize) {
+    for op in QuorumOp::ALL {
+        metrics::counter!(FALSE_QUORUM_LOSS, "set" => set.to_string(), "op" => op.as_str())
+            .increment(0);
+    }
+}
+
 pub(crate) fn false_quorum_loss(set: usize, op: QuorumOp) {
     metrics::counter!(FALSE_QUORUM_LOSS, "set" => set.to_string(), "op" => op.as_str())
         .increment(1);

@@ -43,6 +43,18 @@ pub enum QuorumOp {
 }
 
 impl QuorumOp {
+    /// Every op, for registering their series.
+    pub const ALL: [QuorumOp; 8] = [
+        QuorumOp::Init,
+        QuorumOp::MakeBucket,
+        QuorumOp::WriteData,
+        QuorumOp::WriteMeta,
+        QuorumOp::ReadMeta,
+        QuorumOp::ReadData,
+        QuorumOp::Delete,
+        QuorumOp::List,
+    ];
+
     /// Stable snake_case name.
     pub fn as_str(self) -> &'static str {
         match self {

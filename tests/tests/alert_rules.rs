@@ -9,19 +9,27 @@
 //!    really emitted, with the labels the rules aggregate by: the probe
 //!    loader's names from a running loader's `/metrics`, disk-io's names
 //!    from a metrics recorder after real operations on a `LocalDisk`
-//!    (including a deadline miss on a hung disk).
+//!    (including a deadline miss on a hung disk), the cluster layer's from
+//!    erasure sets opened and a quorum lock and an IAM operation timing
+//!    out on a held lock.
 //!
 //! (3) needs root (BPF, FUSE, a loop device), as CI has.
 
 mod ebpf_common;
+#[path = "../../erasure/tests/store_fixture/mod.rs"]
+mod store_fixture;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use disk_io::{Deadline, Disk, DiskConfig, DiskError, LocalDisk};
+use disk_io_api::LockKind;
+use disk_io_erasure::{ConfigStoreConfig, QuorumLock};
 use disk_io_harness::{privilege, FaultFs};
+use disk_io_iam::{Iam, IamConfig, Policy, Status, User};
 use ebpf_common::*;
 use metrics_util::debugging::DebuggingRecorder;
+use store_fixture::{cluster, dl, lock_cfg};
 
 const RULES: &str = "disk-io-alerts.yml";
 const RULE_TESTS: &str = "disk-io-alerts.test.yml";
@@ -160,6 +168,7 @@ async fn library_series() -> BTreeMap<String, BTreeSet<String>> {
     tokio::time::sleep(Duration::from_millis(100)).await;
     ctl.release();
     drop(disk);
+    cluster_series().await;
     let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for (key, _, _, _) in snapshotter.snapshot().into_vec() {
         let key = key.key();
@@ -168,6 +177,31 @@ async fn library_series() -> BTreeMap<String, BTreeSet<String>> {
             .extend(key.labels().map(|l| l.key().to_owned()));
     }
     out
+}
+
+/// The cluster layer's series, from real operations (recorded by the
+/// recorder `library_series` installed): erasure sets opened (their
+/// must-stay-zero false-quorum-loss counters registered), a quorum lock
+/// and an IAM operation that time out on a lock someone holds.
+async fn cluster_series() {
+    let c = cluster(ConfigStoreConfig::default()).await;
+    let iam = Iam::new(c.store.clone(), IamConfig::default(), None);
+    let other = QuorumLock::new(c.lockers.clone(), "other", lock_cfg()).expect("locks");
+    let held = other
+        .lock("config/iam/users/alice.json", LockKind::Write, dl())
+        .await
+        .expect("hold alice's document");
+    let user = User {
+        access_key: "alice".into(),
+        secret_key: "alice-secret-key".into(),
+        status: Status::Enabled,
+        policy: Policy::read_write_all(),
+    };
+    let r = iam
+        .add_user(user, Deadline::after(Duration::from_millis(300)))
+        .await;
+    assert!(r.as_ref().is_err_and(|e| e.is_lock_timeout()), "{r:?}");
+    held.release(dl()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -257,6 +257,7 @@ impl ErasureSet {
             set.read_quorum(),
             set.write_quorum(),
         );
+        metrics::register_set(index);
         Ok((set, report))
     }
 
