@@ -9,6 +9,7 @@
 //! * `build-ebpf`  setup, then build the eBPF probes from source (`ebpf.rs`)
 //! * `bench-probes`  fio 4 KiB randread with and without the probes (prints the ratio)
 //! * `bench-rpc`  remote vs local latency/throughput, dead-peer detection (prints figures)
+//! * `bench-locks`  quorum-lock latency with a dead node, owner power-off to lock free
 //! * `fuzz-rpc`  the node RPC's cargo-fuzz targets for a bounded time (nightly, cargo-fuzz)
 //! * `cluster`  the cluster harness CLI (`up|status|poweroff NODE|poweron NODE|down`, ...)
 
@@ -38,11 +39,8 @@ fn main() -> ExitCode {
         "bench-probes" => setup::ensure()
             .and_then(|()| cargo_run("probes-ebpf-loader", &["--example", "bench-probes"], rest)),
         "cluster" => setup::ensure().and_then(|()| cluster(rest)),
-        "bench-rpc" => setup::ensure().and_then(|()| {
-            run(cargo()
-                .args(["bench", "-p", "disk-io-node", "--bench", "rpc", "--"])
-                .args(rest))
-        }),
+        "bench-rpc" => setup::ensure().and_then(|()| node_bench("rpc", rest)),
+        "bench-locks" => setup::ensure().and_then(|()| node_bench("locks", rest)),
         "fuzz-rpc" => fuzz_rpc(rest),
         "help" | "-h" | "--help" => {
             usage();
@@ -59,6 +57,13 @@ fn main() -> ExitCode {
     }
 }
 
+/// `cargo bench -p disk-io-node --bench NAME -- ARGS`.
+fn node_bench(name: &str, rest: &[String]) -> Result<(), String> {
+    run(cargo()
+        .args(["bench", "-p", "disk-io-node", "--bench", name, "--"])
+        .args(rest))
+}
+
 fn usage() {
     eprintln!(
         "usage: cargo xtask <command>\n\
@@ -71,6 +76,8 @@ fn usage() {
          \n  bench-probes     setup, then fio 4 KiB randread QD32 with and without the probes (ratio)\
          \n  bench-rpc [--reads N --shard-mib N --writers N --poweroffs N]\
          \n                   remote vs local 4 KiB reads and shard writes; dead-peer detection over power-offs\
+         \n  bench-locks [--rounds N --locks N]\
+         \n                   quorum-lock latency healthy vs one node of four off; owner power-off to lock free\
          \n  fuzz-rpc [--seconds N]  each node-RPC cargo-fuzz target for N s (default 60; needs nightly + cargo-fuzz)\
          \n  cluster up|status|poweroff NODE|poweron NODE|kill NODE|restart NODE|logs NODE|down\
          \n                   setup, then the cluster harness CLI (`cargo xtask cluster --help`)"
