@@ -21,18 +21,8 @@ use disk_io_harness::netns::RuntimeSpec;
 use disk_io_harness::privilege;
 use disk_io_rpc::{LockTiming, RpcConfig};
 
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn pct(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
+mod common;
+use common::{arg, pct};
 
 async fn acquire_n(l: &QuorumLock, prefix: &str, n: usize) -> Vec<Duration> {
     let mut lat = Vec::with_capacity(n);

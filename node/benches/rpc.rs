@@ -20,23 +20,13 @@ use disk_io_harness::netns::RuntimeSpec;
 use disk_io_harness::privilege;
 use disk_io_rpc::{BreakerState, Peer, RpcConfig, RpcServer};
 
-const SECRET: &[u8] = b"bench-secret-0123456789abcdef";
+mod common;
+use common::{arg, pct};
 
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+const SECRET: &[u8] = b"bench-secret-0123456789abcdef";
 
 fn dl() -> Deadline {
     Deadline::after(Duration::from_secs(10))
-}
-
-fn pct(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
 async fn read_latency(disk: &dyn Disk, reads: usize) -> (Duration, Duration) {
