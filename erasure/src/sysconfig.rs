@@ -20,7 +20,7 @@ use std::time::Duration;
 use disk_io_api::{Deadline, LockKind};
 
 use crate::error::ErasureError;
-use crate::lock::{LockError, QuorumLock};
+use crate::lock::{LockError, LockGuard, QuorumLock};
 use crate::sets::ErasureSets;
 
 /// The bucket the store keeps its documents in. Reserved: the S3 layer
@@ -144,20 +144,42 @@ impl ConfigStore {
         deadline.min(Deadline::after(share.max(Duration::from_millis(1))))
     }
 
+    /// Take the document's lock, each try bounded to `lock_share` of what
+    /// is left of `deadline` (so the I/O it protects keeps its time), and
+    /// try again on the typed timeout while at least one lock attempt's
+    /// worth of time is left.
+    async fn lock_retrying(
+        &self,
+        path: &str,
+        kind: LockKind,
+        deadline: Deadline,
+    ) -> Result<LockGuard, ConfigError> {
+        let name = lock_name(path);
+        loop {
+            match self
+                .locks
+                .lock(&name, kind, self.lock_deadline(deadline))
+                .await
+            {
+                Ok(g) => return Ok(g),
+                Err(e)
+                    if e.is_timeout()
+                        && deadline.remaining() > self.locks.config().attempt_timeout * 2 =>
+                {
+                    tracing::debug!(resource = %name, error = %e, "config lock timed out; trying again");
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
     /// The document at `path`, or `None` if there is none.
     pub async fn read(
         &self,
         path: &str,
         deadline: Deadline,
     ) -> Result<Option<Vec<u8>>, ConfigError> {
-        let guard = self
-            .locks
-            .lock(
-                &lock_name(path),
-                LockKind::Read,
-                self.lock_deadline(deadline),
-            )
-            .await?;
+        let guard = self.lock_retrying(path, LockKind::Read, deadline).await?;
         let r = self.get(path, deadline).await;
         guard.release(deadline).await;
         r
@@ -219,14 +241,7 @@ impl ConfigStore {
 
     /// Delete the document at `path`; `false` if there was none.
     pub async fn delete(&self, path: &str, deadline: Deadline) -> Result<bool, ConfigError> {
-        let guard = self
-            .locks
-            .lock(
-                &lock_name(path),
-                LockKind::Write,
-                self.lock_deadline(deadline),
-            )
-            .await?;
+        let guard = self.lock_retrying(path, LockKind::Write, deadline).await?;
         let set = self.sets.set_for(SYSTEM_BUCKET, path);
         let r = match set.delete_object(SYSTEM_BUCKET, path, deadline).await {
             Ok(()) => Ok(true),
@@ -246,14 +261,7 @@ impl ConfigStore {
         deadline: Deadline,
         f: impl FnOnce(Option<Vec<u8>>) -> Result<Option<Vec<u8>>, String>,
     ) -> Result<Option<Vec<u8>>, ConfigError> {
-        let guard = self
-            .locks
-            .lock(
-                &lock_name(path),
-                LockKind::Write,
-                self.lock_deadline(deadline),
-            )
-            .await?;
+        let guard = self.lock_retrying(path, LockKind::Write, deadline).await?;
         let r = async {
             let current = self.get(path, deadline).await?;
             let next = f(current).map_err(|reason| ConfigError::Refused {
