@@ -88,6 +88,16 @@ impl LockConfig {
         if self.attempt_timeout >= self.refresh_interval {
             return Err("lock: attempt_timeout must be below refresh_interval".into());
         }
+        // A round (started every refresh_interval, lasting up to an
+        // attempt) must be able to finish within the validity it extends.
+        if self.refresh_interval + self.attempt_timeout
+            >= self.ttl.mul_f64(self.validity_fraction.clamp(0.0, 1.0))
+        {
+            return Err(
+                "lock: refresh_interval + attempt_timeout must be below ttl * validity_fraction"
+                    .into(),
+            );
+        }
         if self.retry_max < self.retry_min {
             return Err("lock: retry_max must be >= retry_min".into());
         }
@@ -227,17 +237,22 @@ impl QuorumLock {
         let started = Instant::now();
         let n = self.lockers.len();
         let needed = lock_quorum(n, kind);
-        let req = LockRequest {
-            resource: resource.to_string(),
-            uid: uuid::Uuid::new_v4().to_string(),
-            owner: self.owner.clone(),
-            kind,
-            ttl: self.cfg.ttl,
-        };
         let mut backoff = self.cfg.retry_min;
         let mut attempts = 0u32;
         loop {
             attempts += 1;
+            // A fresh token per attempt: the background release of a failed
+            // attempt's partial grants can then never take away a grant of
+            // a later attempt (a delayed release would otherwise land on the
+            // new lease of the same token), and a late acquire of a released
+            // token is refused by the locker's tombstone.
+            let req = LockRequest {
+                resource: resource.to_string(),
+                uid: uuid::Uuid::new_v4().to_string(),
+                owner: self.owner.clone(),
+                kind,
+                ttl: self.cfg.ttl,
+            };
             let attempt_start = Instant::now();
             let tally = match self.attempt(&req, needed, deadline).await {
                 Ok(t) => t,
@@ -469,19 +484,29 @@ impl LockGuard {
             r.abort();
         }
         let held = self.held.clone();
-        let lock = &held.lock;
-        let d = deadline.min(Deadline::after(lock.cfg.attempt_timeout));
-        let calls: FuturesUnordered<_> = lock
-            .lockers
-            .iter()
-            .map(|l| l.release(&held.req.resource, &held.req.uid, d))
-            .collect();
-        let released = calls
-            .filter(|r| std::future::ready(matches!(r, Ok(true))))
-            .count()
-            .await;
         held.mark_lost_quietly();
-        released
+        // The releases get their own attempt deadline, whatever is left of
+        // the caller's (an operation that ran out of time must still give
+        // its lock back, not leave it to the TTL); the caller waits for them
+        // at most until its own deadline, and they go on without it.
+        let d = Deadline::after(held.lock.cfg.attempt_timeout);
+        let h = held.clone();
+        let task = tokio::spawn(async move {
+            let calls: FuturesUnordered<_> = h
+                .lock
+                .lockers
+                .iter()
+                .map(|l| l.release(&h.req.resource, &h.req.uid, d))
+                .collect();
+            calls
+                .filter(|r| std::future::ready(matches!(r, Ok(true))))
+                .count()
+                .await
+        });
+        match tokio::time::timeout_at(deadline.min(d).instant().into(), task).await {
+            Ok(Ok(n)) => n,
+            _ => 0,
+        }
     }
 }
 
@@ -510,12 +535,16 @@ impl Drop for LockGuard {
 /// loses the lock at once; unanswered rounds lose it when the validity runs
 /// out.
 async fn refresh_loop(held: std::sync::Weak<Held>) {
+    // Rounds start every `interval` from the acquisition's start, whatever
+    // a round takes, so a slow round does not push the next one late.
+    let Some(h) = held.upgrade() else { return };
+    let interval = h.lock.cfg.refresh_interval;
+    let mut next = h.valid_until() - h.lock.cfg.validity() + interval;
+    drop(h);
     loop {
         let Some(h) = held.upgrade() else { return };
-        let interval = h.lock.cfg.refresh_interval;
         let until = h.valid_until();
         drop(h);
-        let next = Instant::now() + interval;
         // Wake for the next round, or when the validity runs out first.
         tokio::time::sleep_until(next.min(until).into()).await;
         let Some(h) = held.upgrade() else { return };
@@ -527,6 +556,7 @@ async fn refresh_loop(held: std::sync::Weak<Held>) {
             continue;
         }
         let round_start = Instant::now();
+        next = round_start + interval;
         let (ok, gone) = h.lock.refresh_round(&h.req.resource, &h.req.uid).await;
         let n = h.lock.lockers.len();
         if ok >= h.needed {

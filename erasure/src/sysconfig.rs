@@ -69,6 +69,15 @@ pub enum ConfigError {
         /// The limit.
         limit: usize,
     },
+    /// A listing found more than `max_list` names (never truncated
+    /// silently: a caller that acted on part of a list would miss the rest).
+    #[error("more than {limit} documents under {dir:?}")]
+    TooMany {
+        /// The directory listed.
+        dir: String,
+        /// The limit.
+        limit: usize,
+    },
     /// An update function refused the current document.
     #[error("config update of {path:?} refused: {reason}")]
     Refused {
@@ -109,6 +118,17 @@ impl std::fmt::Debug for ConfigStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ConfigStore").finish_non_exhaustive()
     }
+}
+
+/// `deadline`, cut to end a margin before the guard's validity does, so an
+/// operation under the lock cannot outlive the lease that protects it.
+fn fenced(guard: &LockGuard, deadline: Deadline) -> Deadline {
+    const MARGIN: Duration = Duration::from_millis(50);
+    let until = guard
+        .valid_until()
+        .checked_sub(MARGIN)
+        .unwrap_or_else(std::time::Instant::now);
+    deadline.min(Deadline::at(until))
 }
 
 fn lock_name(path: &str) -> String {
@@ -242,8 +262,17 @@ impl ConfigStore {
     /// Delete the document at `path`; `false` if there was none.
     pub async fn delete(&self, path: &str, deadline: Deadline) -> Result<bool, ConfigError> {
         let guard = self.lock_retrying(path, LockKind::Write, deadline).await?;
+        if !guard.is_held() {
+            guard.release(deadline).await;
+            return Err(ConfigError::Lock(LockError::Lost {
+                resource: lock_name(path),
+            }));
+        }
         let set = self.sets.set_for(SYSTEM_BUCKET, path);
-        let r = match set.delete_object(SYSTEM_BUCKET, path, deadline).await {
+        let r = match set
+            .delete_object(SYSTEM_BUCKET, path, fenced(&guard, deadline))
+            .await
+        {
             Ok(()) => Ok(true),
             Err(ErasureError::ObjectNotFound) => Ok(false),
             Err(e) => Err(e.into()),
@@ -276,7 +305,9 @@ impl ConfigStore {
                         resource: lock_name(path),
                     }));
                 }
-                self.put(path, bytes, deadline).await?;
+                // The write must end while the lease is surely valid: past
+                // it another holder may already have written.
+                self.put(path, bytes, fenced(&guard, deadline)).await?;
             }
             Ok(next)
         }
@@ -301,8 +332,10 @@ impl ConfigStore {
                 Err(e) => return Err(e.into()),
             }
             if names.len() > self.cfg.max_list {
-                names.truncate(self.cfg.max_list);
-                break;
+                return Err(ConfigError::TooMany {
+                    dir: dir.to_string(),
+                    limit: self.cfg.max_list,
+                });
             }
         }
         names.sort();

@@ -33,6 +33,7 @@
 pub mod user;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -77,6 +78,13 @@ pub struct IamConfig {
     pub reload_concurrency: usize,
     /// Hint-driven reloads running at once; more hints are dropped.
     pub hint_slots: usize,
+    /// Cache misses reading the store at once; a miss beyond them is
+    /// refused at once ([`IamError::Busy`]) instead of queueing, so a flood
+    /// of unknown keys cannot become a flood of quorum reads.
+    pub miss_slots: usize,
+    /// Keys remembered as absent at most; past it (after dropping expired
+    /// ones) a miss is not remembered.
+    pub max_negative: usize,
 }
 
 impl Default for IamConfig {
@@ -89,6 +97,8 @@ impl Default for IamConfig {
             max_users: 100_000,
             reload_concurrency: 8,
             hint_slots: 64,
+            miss_slots: 32,
+            max_negative: 10_000,
         }
     }
 }
@@ -124,6 +134,9 @@ pub enum IamError {
     /// More users than `max_users`.
     #[error("more than {0} users")]
     TooManyUsers(usize),
+    /// Every miss slot is taken: try again (the cache answers meanwhile).
+    #[error("too many credential lookups in flight")]
+    Busy,
     /// The config store failed (lock, quorum, deadline).
     #[error(transparent)]
     Store(#[from] ConfigError),
@@ -135,9 +148,10 @@ impl IamError {
         matches!(self, IamError::Store(e) if e.is_lock_timeout())
     }
 
-    /// Trying again may succeed (lock timeout or loss, too few disks).
+    /// Trying again may succeed (lock timeout or loss, too few disks,
+    /// every miss slot busy).
     pub fn is_retryable(&self) -> bool {
-        matches!(self, IamError::Store(e) if e.is_retryable())
+        matches!(self, IamError::Busy) || matches!(self, IamError::Store(e) if e.is_retryable())
     }
 }
 
@@ -164,10 +178,20 @@ pub struct UserSummary {
 }
 
 #[derive(Clone)]
-enum Entry {
+enum Value {
     User(Arc<User>),
     /// Known not to exist until then.
     Absent(Instant),
+}
+
+/// A cache entry, stamped with the generation of the change that wrote it:
+/// a load that started before that generation (a reload or a miss that
+/// read the store before a local change or a hint was applied) must not
+/// overwrite it with what it read.
+#[derive(Clone)]
+struct Entry {
+    value: Value,
+    gen: u64,
 }
 
 /// The IAM service of one node.
@@ -177,6 +201,11 @@ pub struct Iam {
     cache: RwLock<HashMap<String, Entry>>,
     broadcast: Option<Arc<dyn Broadcast>>,
     hint_slots: Arc<Semaphore>,
+    miss_slots: Arc<Semaphore>,
+    /// Generations of changes (see [`Entry`]).
+    gen: AtomicU64,
+    /// Users in the cache (kept up to date, so publishing it is O(1)).
+    users: AtomicUsize,
 }
 
 impl std::fmt::Debug for Iam {
@@ -230,10 +259,13 @@ impl Iam {
     ) -> Arc<Iam> {
         Arc::new(Iam {
             hint_slots: Arc::new(Semaphore::new(cfg.hint_slots.max(1))),
+            miss_slots: Arc::new(Semaphore::new(cfg.miss_slots.max(1))),
             store,
             cfg,
             cache: RwLock::new(HashMap::new()),
             broadcast,
+            gen: AtomicU64::new(1),
+            users: AtomicUsize::new(0),
         })
     }
 
@@ -245,47 +277,91 @@ impl Iam {
         self.cache.write().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn users_cached(&self, cache: &HashMap<String, Entry>) {
-        let n = cache
-            .values()
-            .filter(|e| matches!(e, Entry::User(_)))
-            .count();
-        metrics::gauge!(IAM_CACHE_USERS).set(n as f64);
+    /// A generation for a change about to be applied, or for a load about
+    /// to start (which may then overwrite only entries older than it).
+    fn next_gen(&self) -> u64 {
+        self.gen.fetch_add(1, Ordering::SeqCst)
     }
 
-    fn put_cache(&self, key: &str, user: Option<User>) {
+    fn publish_users(&self) {
+        metrics::gauge!(IAM_CACHE_USERS).set(self.users.load(Ordering::Relaxed) as f64);
+    }
+
+    /// Write `user` (or its absence) for `key` with generation `gen`,
+    /// unless the entry there is newer, or the negative bound is reached.
+    /// O(1) under the lock but for the rare purge of expired negatives.
+    fn put_cache(&self, key: &str, user: Option<User>, gen: u64) -> bool {
         let mut c = self.write_cache();
-        match user {
-            Some(u) => c.insert(key.to_string(), Entry::User(Arc::new(u))),
-            None => c.insert(
-                key.to_string(),
-                Entry::Absent(Instant::now() + self.cfg.negative_ttl),
-            ),
+        if c.get(key).is_some_and(|e| e.gen > gen) {
+            return false;
+        }
+        let value = match user {
+            Some(u) => Value::User(Arc::new(u)),
+            None => {
+                let negatives =
+                    |c: &HashMap<String, Entry>| c.len() - self.users.load(Ordering::Relaxed);
+                if negatives(&c) >= self.cfg.max_negative {
+                    let now = Instant::now();
+                    c.retain(|_, e| !matches!(e.value, Value::Absent(t) if t <= now));
+                }
+                if negatives(&c) >= self.cfg.max_negative && !c.contains_key(key) {
+                    return false; // not remembered: the bound holds
+                }
+                Value::Absent(Instant::now() + self.cfg.negative_ttl)
+            }
         };
-        self.users_cached(&c);
+        let was_user = matches!(c.get(key).map(|e| &e.value), Some(Value::User(_)));
+        let is_user = matches!(value, Value::User(_));
+        c.insert(key.to_string(), Entry { value, gen });
+        match (was_user, is_user) {
+            (false, true) => {
+                self.users.fetch_add(1, Ordering::Relaxed);
+            }
+            (true, false) => {
+                self.users.fetch_sub(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+        drop(c);
+        self.publish_users();
+        true
     }
 
-    fn answer(entry: &Entry) -> Option<Lookup> {
-        match entry {
-            Entry::User(u) if u.status == Status::Enabled => Some(Lookup::Found(u.clone())),
-            Entry::User(_) => Some(Lookup::Disabled),
-            Entry::Absent(until) if Instant::now() < *until => Some(Lookup::Unknown),
-            Entry::Absent(_) => None,
+    fn answer(value: &Value) -> Option<Lookup> {
+        match value {
+            Value::User(u) if u.status == Status::Enabled => Some(Lookup::Found(u.clone())),
+            Value::User(_) => Some(Lookup::Disabled),
+            Value::Absent(until) if Instant::now() < *until => Some(Lookup::Unknown),
+            Value::Absent(_) => None,
         }
+    }
+
+    /// Users and remembered-absent keys in the cache.
+    pub fn cache_entries(&self) -> (usize, usize) {
+        let c = self.read_cache();
+        let users = self.users.load(Ordering::Relaxed);
+        (users, c.len() - users)
     }
 
     /// The request path: what the cache knows of `key`, now, without any
     /// I/O. A key the cache has never seen is `Unknown`.
     pub fn cached(&self, key: &str) -> Lookup {
         let c = self.read_cache();
-        c.get(key).and_then(Self::answer).unwrap_or(Lookup::Unknown)
+        c.get(key)
+            .and_then(|e| Self::answer(&e.value))
+            .unwrap_or(Lookup::Unknown)
     }
 
     /// The cache, and on a miss one read of the store under
-    /// `min(deadline, miss_timeout)`. A failed read is an error (the caller
+    /// `min(deadline, miss_timeout)`, if one of `miss_slots` is free (else
+    /// [`IamError::Busy`] at once). A failed read is an error (the caller
     /// refuses the request as "try again", not as "unknown user").
     pub async fn lookup(&self, key: &str, deadline: Deadline) -> Result<Lookup, IamError> {
-        if let Some(a) = self.read_cache().get(key).and_then(Self::answer) {
+        let cached = self
+            .read_cache()
+            .get(key)
+            .and_then(|e| Self::answer(&e.value));
+        if let Some(a) = cached {
             let result = if matches!(a, Lookup::Unknown) {
                 "negative"
             } else {
@@ -294,17 +370,30 @@ impl Iam {
             metrics::counter!(IAM_LOOKUPS, "result" => result).increment(1);
             return Ok(a);
         }
+        if check_keys(key, "placeholder-secret").is_err() {
+            // A key that cannot exist: no read, nothing remembered.
+            metrics::counter!(IAM_LOOKUPS, "result" => "invalid").increment(1);
+            return Ok(Lookup::Unknown);
+        }
+        let Ok(_slot) = self.miss_slots.try_acquire() else {
+            metrics::counter!(IAM_LOOKUPS, "result" => "busy").increment(1);
+            return Err(IamError::Busy);
+        };
+        let started = Instant::now();
+        let gen = self.next_gen();
         let d = deadline.min(Deadline::after(self.cfg.miss_timeout));
-        match self.load(key, d).await {
+        let r = self.load(key, d).await;
+        record("lookup_miss", started, &r);
+        match r {
             Ok(Some(u)) => {
                 metrics::counter!(IAM_LOOKUPS, "result" => "miss_loaded").increment(1);
-                let a = Self::answer(&Entry::User(Arc::new(u.clone()))).unwrap_or(Lookup::Unknown);
-                self.put_cache(key, Some(u));
+                let a = Self::answer(&Value::User(Arc::new(u.clone()))).unwrap_or(Lookup::Unknown);
+                self.put_cache(key, Some(u), gen);
                 Ok(a)
             }
             Ok(None) => {
                 metrics::counter!(IAM_LOOKUPS, "result" => "miss_absent").increment(1);
-                self.put_cache(key, None);
+                self.put_cache(key, None, gen);
                 Ok(Lookup::Unknown)
             }
             Err(e) => {
@@ -315,9 +404,6 @@ impl Iam {
     }
 
     async fn load(&self, key: &str, deadline: Deadline) -> Result<Option<User>, IamError> {
-        if check_keys(key, "placeholder-secret").is_err() {
-            return Ok(None); // a key that cannot exist is not looked up
-        }
         match self.store.read(&doc_path(key), deadline).await? {
             Some(bytes) => parse(key, &bytes).map(Some),
             None => Ok(None),
@@ -354,7 +440,7 @@ impl Iam {
             Err(ConfigError::Refused { .. }) => return Err(IamError::UserExists(key)),
             Err(e) => return Err(e.into()),
         }
-        self.put_cache(&key, Some(user));
+        self.put_cache(&key, Some(user), self.next_gen());
         self.changed(&key);
         Ok(())
     }
@@ -405,7 +491,7 @@ impl Iam {
             }
             Err(e) => return Err(e.into()),
         }
-        self.put_cache(key, updated);
+        self.put_cache(key, updated, self.next_gen());
         self.changed(key);
         Ok(())
     }
@@ -417,7 +503,7 @@ impl Iam {
             if !self.store.delete(&doc_path(key), deadline).await? {
                 return Err(IamError::NoSuchUser(key.to_string()));
             }
-            self.put_cache(key, None);
+            self.put_cache(key, None, self.next_gen());
             self.changed(key);
             Ok(())
         }
@@ -426,7 +512,8 @@ impl Iam {
         r
     }
 
-    /// Every user, from the store (not the cache), sorted by key.
+    /// Every user, from the store (not the cache), sorted by key. A
+    /// document that cannot be read as a user is left out and logged.
     pub async fn list_users(&self, deadline: Deadline) -> Result<Vec<UserSummary>, IamError> {
         let started = Instant::now();
         let r = self.read_all(deadline).await.map(|users| {
@@ -444,7 +531,13 @@ impl Iam {
     }
 
     async fn read_all(&self, deadline: Deadline) -> Result<Vec<User>, IamError> {
-        let names = self.store.list(USERS_DIR, deadline).await?;
+        let names = match self.store.list(USERS_DIR, deadline).await {
+            Ok(n) => n,
+            Err(ConfigError::TooMany { .. }) => {
+                return Err(IamError::TooManyUsers(self.cfg.max_users))
+            }
+            Err(e) => return Err(e.into()),
+        };
         let keys: Vec<String> = names
             .iter()
             .filter_map(|n| n.strip_suffix(".json").map(str::to_string))
@@ -454,35 +547,56 @@ impl Iam {
         }
         let loads: Vec<_> = keys
             .into_iter()
-            .map(|k| async move { self.load(&k, deadline).await })
+            .map(|k| async move { (self.load(&k, deadline).await, k) })
             .collect();
-        let loaded: Vec<Result<Option<User>, IamError>> = stream::iter(loads)
+        let loaded: Vec<(Result<Option<User>, IamError>, String)> = stream::iter(loads)
             .buffered(self.cfg.reload_concurrency.max(1))
             .collect()
             .await;
         let mut users = Vec::with_capacity(loaded.len());
-        for u in loaded {
-            // A user removed between the listing and its read is gone.
-            if let Some(u) = u? {
-                users.push(u);
+        for (u, key) in loaded {
+            match u {
+                // A user removed between the listing and its read is gone.
+                Ok(Some(u)) => users.push(u),
+                Ok(None) => {}
+                // One bad document must not keep every other change from
+                // reaching this node.
+                Err(e @ IamError::Corrupt { .. }) => {
+                    tracing::warn!(key = %key, error = %e, "IAM: unreadable user document skipped");
+                }
+                Err(e) => return Err(e),
             }
         }
         users.sort_by(|a, b| a.access_key.cmp(&b.access_key));
         Ok(users)
     }
 
-    /// Replace the cache with the store's users; how many there are. On
-    /// failure the cache is kept as it was (stale beats empty).
+    /// Bring the cache to the store's users; how many there are. Entries
+    /// changed since the reload started (a local change, a hint) are kept.
+    /// On failure the cache is kept as it was (stale beats empty).
     pub async fn reload(&self, deadline: Deadline) -> Result<usize, IamError> {
         let started = Instant::now();
+        let gen = self.next_gen();
         let r = self.read_all(deadline).await.map(|users| {
             let n = users.len();
-            let mut c = self.write_cache();
-            c.retain(|_, e| matches!(e, Entry::Absent(t) if *t > Instant::now()));
+            let present: std::collections::HashSet<String> =
+                users.iter().map(|u| u.access_key.clone()).collect();
             for u in users {
-                c.insert(u.access_key.clone(), Entry::User(Arc::new(u)));
+                let key = u.access_key.clone();
+                self.put_cache(&key, Some(u), gen);
             }
-            self.users_cached(&c);
+            // Users the store no longer has, unless changed meanwhile.
+            let gone: Vec<String> = self
+                .read_cache()
+                .iter()
+                .filter(|(k, e)| {
+                    matches!(e.value, Value::User(_)) && e.gen <= gen && !present.contains(*k)
+                })
+                .map(|(k, _)| k.clone())
+                .collect();
+            for k in gone {
+                self.put_cache(&k, None, gen);
+            }
             n
         });
         record("reload", started, &r);
@@ -510,6 +624,9 @@ impl Iam {
     /// A peer says `key` changed: reload it in the background if a slot is
     /// free. Never waits; returns whether the hint was taken.
     pub fn hint(self: &Arc<Self>, key: &str) -> bool {
+        if check_keys(key, "placeholder-secret").is_err() {
+            return false;
+        }
         let Ok(permit) = self.hint_slots.clone().try_acquire_owned() else {
             metrics::counter!(IAM_HINTS_DROPPED).increment(1);
             return false;
@@ -518,10 +635,13 @@ impl Iam {
             return false;
         };
         let (iam, key) = (self.clone(), key.to_string());
+        let gen = self.next_gen();
         rt.spawn(async move {
             let _permit = permit;
             match iam.load(&key, Deadline::after(iam.cfg.miss_timeout)).await {
-                Ok(u) => iam.put_cache(&key, u),
+                Ok(u) => {
+                    iam.put_cache(&key, u, gen);
+                }
                 Err(e) => tracing::debug!(key = %key, error = %e, "IAM hint reload failed"),
             }
         });

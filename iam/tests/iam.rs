@@ -5,6 +5,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use disk_io::Deadline;
+
 use disk_io_api::LockKind;
 use disk_io_erasure::{ConfigStoreConfig, QuorumLock};
 use disk_io_iam::{
@@ -125,10 +127,11 @@ async fn a_change_on_one_node_reaches_the_others_by_hint() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_miss_reads_once_and_an_absent_key_is_remembered() {
+async fn an_absent_key_is_remembered_for_the_negative_ttl_within_a_bound() {
     let c = cluster(ConfigStoreConfig::default()).await;
     let cfg = IamConfig {
-        negative_ttl: Duration::from_millis(300),
+        negative_ttl: Duration::from_secs(3),
+        max_negative: 5,
         ..IamConfig::default()
     };
     let reader = Iam::new(c.store.clone(), cfg, None);
@@ -137,8 +140,13 @@ async fn a_miss_reads_once_and_an_absent_key_is_remembered() {
     // alice appears without a hint: the negative entry answers until it
     // expires, then a miss loads her.
     writer.add_user(user("alice"), dl()).await.expect("add");
+    let t0 = Instant::now();
     assert_eq!(reader.lookup("alice", dl()).await, Ok(Lookup::Unknown));
-    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert!(
+        t0.elapsed() < Duration::from_millis(50),
+        "answered from the negative entry"
+    );
+    tokio::time::sleep(Duration::from_secs(3) + Duration::from_millis(100)).await;
     assert!(matches!(
         reader.lookup("alice", dl()).await,
         Ok(Lookup::Found(_))
@@ -146,6 +154,24 @@ async fn a_miss_reads_once_and_an_absent_key_is_remembered() {
     assert!(
         matches!(reader.cached("alice"), Lookup::Found(_)),
         "the miss filled the cache"
+    );
+    // A flood of unknown keys is remembered up to the bound, and keys that
+    // cannot exist are neither read nor remembered.
+    for i in 0..20 {
+        assert_eq!(
+            reader.lookup(&format!("nobody{i}"), dl()).await,
+            Ok(Lookup::Unknown)
+        );
+        assert_eq!(
+            reader.lookup(&format!("bad/key{i}"), dl()).await,
+            Ok(Lookup::Unknown)
+        );
+    }
+    let (users, negatives) = reader.cache_entries();
+    assert_eq!(users, 1);
+    assert!(
+        negatives <= 5,
+        "{negatives} absent keys remembered, bound 5"
     );
 }
 
@@ -159,14 +185,28 @@ async fn the_request_path_never_waits_on_a_stuck_cluster() {
     let iam = Iam::new(c.store.clone(), cfg, None);
     iam.add_user(user("alice"), dl()).await.expect("add");
     iam.add_user(user("bob"), dl()).await.expect("add");
-    // Someone holds carol's document lock (a node died mid-update and its
-    // lease has not run out): reads of that document cannot get in.
+    // Someone holds the write lock of bob's and carol's documents (a node
+    // died mid-update and its leases have not run out): nothing can read
+    // them from the store now. A lookup that touched the store for bob
+    // would wait on that lock.
     let other = QuorumLock::new(c.lockers.clone(), "other", lock_cfg()).expect("locks");
-    let held = other
+    let held_bob = other
+        .lock("config/iam/users/bob.json", LockKind::Write, dl())
+        .await
+        .expect("hold bob's lock");
+    let held_carol = other
         .lock("config/iam/users/carol.json", LockKind::Write, dl())
         .await
         .expect("hold carol's lock");
-    // Cached users answer at once, with or without I/O behind them.
+    // A reload runs alongside (it cannot read bob either, and fails after
+    // its deadline): the cache keeps answering meanwhile.
+    let reloading = {
+        let iam = iam.clone();
+        tokio::spawn(async move {
+            iam.reload(Deadline::after(Duration::from_millis(500)))
+                .await
+        })
+    };
     for _ in 0..1000 {
         let t0 = Instant::now();
         assert!(matches!(iam.cached("alice"), Lookup::Found(_)));
@@ -180,11 +220,21 @@ async fn the_request_path_never_waits_on_a_stuck_cluster() {
             t0.elapsed()
         );
     }
-    // A miss on the stuck document answers by miss_timeout, typed.
+    let r = reloading.await.expect("reload task");
+    assert!(
+        r.is_err(),
+        "the reload could not read bob's document: {r:?}"
+    );
+    assert!(
+        matches!(iam.cached("bob"), Lookup::Found(_)),
+        "a failed reload keeps the cache"
+    );
+    // A miss on a stuck document answers by miss_timeout, typed.
     let t0 = Instant::now();
     let r = iam.lookup("carol", dl()).await;
     assert!(r.as_ref().is_err_and(IamError::is_lock_timeout), "{r:?}");
     assert!(t0.elapsed() < Duration::from_millis(300) + Duration::from_millis(300));
-    held.release(dl()).await;
+    held_bob.release(dl()).await;
+    held_carol.release(dl()).await;
     assert_eq!(iam.lookup("carol", dl()).await, Ok(Lookup::Unknown));
 }

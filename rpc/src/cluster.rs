@@ -142,6 +142,17 @@ impl LockTiming {
                 ),
             });
         }
+        // A refresh round must finish within the validity it extends (the
+        // holder counts 90 % of the TTL).
+        if self.refresh_ms + self.attempt_ms >= self.ttl_ms / 10 * 9 {
+            return Err(ConfigError::Invalid {
+                what: format!(
+                    "locks: refresh_ms + attempt_ms ({}) must be below 90 % of ttl_ms ({})",
+                    self.refresh_ms + self.attempt_ms,
+                    self.ttl_ms
+                ),
+            });
+        }
         if self.attempt_ms == 0 || self.attempt_ms >= self.refresh_ms {
             return Err(ConfigError::Invalid {
                 what: format!(

@@ -72,10 +72,18 @@ pub trait Locker: Send + Sync {
     async fn release(&self, resource: &str, uid: &str, deadline: Deadline) -> Result<bool>;
 }
 
+/// Longest resource name a locker takes.
+pub const MAX_RESOURCE: usize = 1024;
+/// Longest lease token (uid) or owner name a locker takes.
+pub const MAX_UID: usize = 128;
+
 /// Limits of a [`LeaseTable`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LeaseConfig {
-    /// Longest lease granted; longer requests are granted this long.
+    /// Longest lease granted; a request for more is refused
+    /// ([`DiskError::InvalidArgument`]), not silently shortened: a holder
+    /// counts its validity from the TTL it asked for, so a shorter grant
+    /// would let it believe it holds a lock it no longer has.
     pub max_ttl: Duration,
     /// Resources with live leases at once; past it new resources are
     /// refused with [`DiskError::Busy`] (a vote not given, not a conflict).
@@ -99,6 +107,30 @@ impl Default for LeaseConfig {
             max_readers: 1024,
             startup_quiet: Duration::from_secs(60),
         }
+    }
+}
+
+/// Tokens released (or expired while held) recently, and until when they
+/// are refused: an acquire that arrives after its release (a retried or
+/// delayed request) must not recreate a lease nobody will refresh or
+/// release.
+#[derive(Debug, Default)]
+struct Tombstones {
+    until: HashMap<String, Instant>,
+}
+
+impl Tombstones {
+    fn bury(&mut self, uid: &str, until: Instant, now: Instant, cap: usize) {
+        if self.until.len() >= cap {
+            self.until.retain(|_, u| *u > now);
+        }
+        if self.until.len() < cap {
+            self.until.insert(uid.to_string(), until);
+        }
+    }
+
+    fn buried(&self, uid: &str, now: Instant) -> bool {
+        self.until.get(uid).is_some_and(|u| *u > now)
     }
 }
 
@@ -133,6 +165,7 @@ pub struct LeaseTable {
     /// Nothing is granted before this instant (see `startup_quiet`).
     grants_from: Instant,
     held: Mutex<HashMap<String, Held>>,
+    released: Mutex<Tombstones>,
 }
 
 impl std::fmt::Debug for LeaseTable {
@@ -159,6 +192,7 @@ impl LeaseTable {
             clock,
             grants_from,
             held: Mutex::new(HashMap::new()),
+            released: Mutex::new(Tombstones::default()),
         }
     }
 
@@ -189,23 +223,50 @@ impl LeaseTable {
     }
 
     fn ttl(&self, ttl: Duration) -> Result<Duration> {
-        if ttl.is_zero() {
+        if ttl.is_zero() || ttl > self.cfg.max_ttl {
             return Err(DiskError::InvalidArgument {
-                reason: "lease ttl must be > 0".into(),
+                reason: format!(
+                    "lease ttl {ttl:?} must be in (0, {:?}] (locker {})",
+                    self.cfg.max_ttl, self.label
+                ),
             });
         }
-        Ok(ttl.min(self.cfg.max_ttl))
+        Ok(ttl)
+    }
+
+    fn check_names(resource: &str, uid: &str) -> Result<()> {
+        if resource.is_empty()
+            || uid.is_empty()
+            || resource.len() > MAX_RESOURCE
+            || uid.len() > MAX_UID
+        {
+            return Err(DiskError::InvalidArgument {
+                reason: format!(
+                    "lock resource must be 1..={MAX_RESOURCE} bytes and uid 1..={MAX_UID}"
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    fn tombstones(&self) -> std::sync::MutexGuard<'_, Tombstones> {
+        self.released.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// [`Locker::acquire`], synchronously.
     pub fn try_acquire(&self, req: &LockRequest) -> Result<bool> {
         let ttl = self.ttl(req.ttl)?;
-        if req.resource.is_empty() || req.uid.is_empty() {
+        Self::check_names(&req.resource, &req.uid)?;
+        if req.owner.len() > MAX_UID {
             return Err(DiskError::InvalidArgument {
-                reason: "lock resource and uid must not be empty".into(),
+                reason: format!("lock owner must be at most {MAX_UID} bytes"),
             });
         }
         let now = (self.clock)();
+        if self.tombstones().buried(&req.uid, now) {
+            // This token was released: a late copy of its acquire.
+            return Ok(false);
+        }
         if now < self.grants_from {
             return Err(DiskError::Busy {
                 reason: format!(
@@ -274,6 +335,7 @@ impl LeaseTable {
     /// [`Locker::refresh`], synchronously.
     pub fn try_refresh(&self, resource: &str, uid: &str, ttl: Duration) -> Result<bool> {
         let ttl = self.ttl(ttl)?;
+        Self::check_names(resource, uid)?;
         let now = (self.clock)();
         let mut held = self.lock();
         let Some(h) = held.get_mut(resource) else {
@@ -301,7 +363,12 @@ impl LeaseTable {
 
     /// [`Locker::release`], synchronously.
     pub fn try_release(&self, resource: &str, uid: &str) -> Result<bool> {
+        Self::check_names(resource, uid)?;
         let now = (self.clock)();
+        // Refuse this token for the longest a late acquire of it could
+        // still be in flight and matter: a lease's lifetime.
+        self.tombstones()
+            .bury(uid, now + self.cfg.max_ttl, now, self.cfg.max_resources);
         let mut held = self.lock();
         let Some(h) = held.get_mut(resource) else {
             return Ok(false);
@@ -404,7 +471,10 @@ mod tests {
         );
         assert_eq!(t.try_release("r", "r2"), Ok(true));
         assert!(t.is_empty(), "the last release drops the resource");
-        assert_eq!(t.try_acquire(&req("w2", LockKind::Write, 1000)), Ok(true));
+        // w2 was released above (though it held nothing): its token is
+        // buried, so a fresh one takes the lock.
+        assert_eq!(t.try_acquire(&req("w2", LockKind::Write, 1000)), Ok(false));
+        assert_eq!(t.try_acquire(&req("w3", LockKind::Write, 1000)), Ok(true));
     }
 
     #[test]
@@ -466,7 +536,7 @@ mod tests {
         };
         let t = LeaseTable::with_clock("n1", cfg, clock);
         for (i, r) in ["a", "b"].iter().enumerate() {
-            let mut q = req(&format!("u{i}"), LockKind::Write, 10_000);
+            let mut q = req(&format!("u{i}"), LockKind::Write, 500);
             q.resource = r.to_string();
             assert_eq!(t.try_acquire(&q), Ok(true));
         }
@@ -474,10 +544,18 @@ mod tests {
         c.resource = "c".into();
         assert!(matches!(t.try_acquire(&c), Err(DiskError::Busy { .. })));
         assert!(t.try_acquire(&c).unwrap_err().is_unavailable());
-        // The TTL was capped at 500 ms: past it the table has room again.
-        ms.store(501, Ordering::SeqCst);
+        // A TTL over max_ttl is refused, not shortened.
+        let mut long = c.clone();
+        long.ttl = Duration::from_millis(501);
+        assert!(matches!(
+            t.try_acquire(&long),
+            Err(DiskError::InvalidArgument { .. })
+        ));
+        // Leases expire: past them the table has room again.
+        ms.store(10_001, Ordering::SeqCst);
         assert_eq!(t.try_acquire(&c), Ok(true));
         // Readers of one resource are bounded too.
+        ms.store(20_000, Ordering::SeqCst);
         let mut d = req("x1", LockKind::Read, 100);
         d.resource = "c2".into();
         let _ = t.sweep();
@@ -496,6 +574,35 @@ mod tests {
         z.uid.clear();
         assert!(matches!(
             t.try_acquire(&z),
+            Err(DiskError::InvalidArgument { .. })
+        ));
+    }
+
+    #[test]
+    fn a_released_token_is_not_granted_again_and_names_are_bounded() {
+        let (clock, ms) = manual();
+        let t = LeaseTable::with_clock("n1", cfg(), clock);
+        assert_eq!(t.try_acquire(&req("w1", LockKind::Write, 100)), Ok(true));
+        assert_eq!(t.try_release("r", "w1"), Ok(true));
+        // A late copy of w1's acquire arrives after its release.
+        assert_eq!(t.try_acquire(&req("w1", LockKind::Write, 100)), Ok(false));
+        assert!(t.is_empty(), "no orphan lease");
+        assert_eq!(t.try_acquire(&req("w2", LockKind::Write, 100)), Ok(true));
+        // The tombstone lasts a max_ttl.
+        ms.store(60_001, Ordering::SeqCst);
+        assert_eq!(t.try_release("r", "w2"), Ok(false), "w2 expired long ago");
+        let mut again = req("w1", LockKind::Write, 100);
+        again.resource = "r2".into();
+        assert_eq!(t.try_acquire(&again), Ok(true));
+        let mut big = req("w3", LockKind::Write, 100);
+        big.resource = "x".repeat(MAX_RESOURCE + 1);
+        assert!(matches!(
+            t.try_acquire(&big),
+            Err(DiskError::InvalidArgument { .. })
+        ));
+        let long_uid = "u".repeat(MAX_UID + 1);
+        assert!(matches!(
+            t.try_refresh("r", &long_uid, Duration::from_millis(10)),
             Err(DiskError::InvalidArgument { .. })
         ));
     }
