@@ -257,7 +257,7 @@ impl QuorumLock {
             let tally = match self.attempt(&req, needed, deadline).await {
                 Ok(t) => t,
                 Err(e) => {
-                    self.release_all(&req.resource, &req.uid);
+                    drop(self.release_all(&req.resource, &req.uid));
                     return Err(e);
                 }
             };
@@ -273,7 +273,7 @@ impl QuorumLock {
             }
             // Partial grants (and any a late answer makes) are given back on
             // every locker: the uid is unique to this attempt series.
-            self.release_all(&req.resource, &req.uid);
+            drop(self.release_all(&req.resource, &req.uid));
             let wait = rand::rng().random_range(backoff / 2..=backoff);
             let out_of_time = deadline.remaining() <= wait;
             if out_of_time {
@@ -343,20 +343,28 @@ impl QuorumLock {
         Ok(t)
     }
 
-    /// Release `uid` on every locker in the background, each call under the
-    /// attempt deadline (nobody waits for it; a locker that misses it drops
-    /// the lease at its TTL).
-    fn release_all(&self, resource: &str, uid: &str) {
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            return; // no runtime: the leases expire by themselves
-        };
-        for l in self.lockers.iter() {
-            let (l, resource, uid) = (l.clone(), resource.to_string(), uid.to_string());
-            let d = Deadline::after(self.cfg.attempt_timeout);
-            rt.spawn(async move {
-                let _ = l.release(&resource, &uid, d).await;
-            });
-        }
+    /// Release `uid` on every locker in a background task, the calls under
+    /// their own attempt deadline (whatever is left of any caller's: an
+    /// operation that ran out of time must still give its lock back, not
+    /// leave it to the TTL). The task's result is how many lockers released
+    /// a lease they held; nobody has to wait for it (a locker that misses
+    /// the release drops the lease at its TTL). `None` without a runtime:
+    /// the leases then expire by themselves.
+    fn release_all(&self, resource: &str, uid: &str) -> Option<tokio::task::JoinHandle<usize>> {
+        let rt = tokio::runtime::Handle::try_current().ok()?;
+        let lockers = self.lockers.clone();
+        let (resource, uid) = (resource.to_string(), uid.to_string());
+        let d = Deadline::after(self.cfg.attempt_timeout);
+        Some(rt.spawn(async move {
+            let calls: FuturesUnordered<_> = lockers
+                .iter()
+                .map(|l| l.release(&resource, &uid, d))
+                .collect();
+            calls
+                .filter(|r| std::future::ready(matches!(r, Ok(true))))
+                .count()
+                .await
+        }))
     }
 
     /// One refresh round: how many lockers still hold the lease, and how
@@ -404,6 +412,11 @@ struct Held {
 impl Held {
     fn valid_until(&self) -> Instant {
         *self.valid_until.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// After a release the guard is gone; no "lost" metric for that.
+    fn mark_lost_quietly(&self) {
+        self.lost.send_replace(true);
     }
 
     fn mark_lost(&self) {
@@ -485,35 +498,16 @@ impl LockGuard {
         }
         let held = self.held.clone();
         held.mark_lost_quietly();
-        // The releases get their own attempt deadline, whatever is left of
-        // the caller's (an operation that ran out of time must still give
-        // its lock back, not leave it to the TTL); the caller waits for them
-        // at most until its own deadline, and they go on without it.
-        let d = Deadline::after(held.lock.cfg.attempt_timeout);
-        let h = held.clone();
-        let task = tokio::spawn(async move {
-            let calls: FuturesUnordered<_> = h
-                .lock
-                .lockers
-                .iter()
-                .map(|l| l.release(&h.req.resource, &h.req.uid, d))
-                .collect();
-            calls
-                .filter(|r| std::future::ready(matches!(r, Ok(true))))
-                .count()
-                .await
-        });
-        match tokio::time::timeout_at(deadline.min(d).instant().into(), task).await {
+        let Some(task) = held.lock.release_all(&held.req.resource, &held.req.uid) else {
+            return 0;
+        };
+        // The caller waits at most until its own deadline (or the releases'
+        // attempt deadline); the releases go on without it.
+        let d = deadline.min(Deadline::after(held.lock.cfg.attempt_timeout));
+        match tokio::time::timeout_at(d.instant().into(), task).await {
             Ok(Ok(n)) => n,
             _ => 0,
         }
-    }
-}
-
-impl Held {
-    /// After a release the guard is gone; no "lost" metric for that.
-    fn mark_lost_quietly(&self) {
-        self.lost.send_replace(true);
     }
 }
 
@@ -522,9 +516,11 @@ impl Drop for LockGuard {
         if let Some(r) = self.refresher.take() {
             r.abort();
             self.held.mark_lost_quietly();
-            self.held
-                .lock
-                .release_all(&self.held.req.resource, &self.held.req.uid);
+            drop(
+                self.held
+                    .lock
+                    .release_all(&self.held.req.resource, &self.held.req.uid),
+            );
         }
     }
 }

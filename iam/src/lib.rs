@@ -42,7 +42,7 @@ use disk_io_erasure::{ConfigError, ConfigStore};
 use futures_util::stream::{self, StreamExt};
 use tokio::sync::Semaphore;
 
-pub use user::{check_keys, Access, Policy, Status, User};
+pub use user::{check_access_key, check_keys, Access, Policy, Status, User};
 
 /// Where user documents live in the config store.
 pub const USERS_DIR: &str = "iam/users";
@@ -370,7 +370,7 @@ impl Iam {
             metrics::counter!(IAM_LOOKUPS, "result" => result).increment(1);
             return Ok(a);
         }
-        if check_keys(key, "placeholder-secret").is_err() {
+        if check_access_key(key).is_err() {
             // A key that cannot exist: no read, nothing remembered.
             metrics::counter!(IAM_LOOKUPS, "result" => "invalid").increment(1);
             return Ok(Lookup::Unknown);
@@ -624,7 +624,7 @@ impl Iam {
     /// A peer says `key` changed: reload it in the background if a slot is
     /// free. Never waits; returns whether the hint was taken.
     pub fn hint(self: &Arc<Self>, key: &str) -> bool {
-        if check_keys(key, "placeholder-secret").is_err() {
+        if check_access_key(key).is_err() {
             return false;
         }
         let Ok(permit) = self.hint_slots.clone().try_acquire_owned() else {

@@ -84,6 +84,15 @@ pub const MAX_ACCESS_KEY: usize = 128;
 
 /// Why an access key or secret cannot be stored.
 pub fn check_keys(access_key: &str, secret_key: &str) -> Result<(), String> {
+    check_access_key(access_key)?;
+    if secret_key.len() < 8 || secret_key.len() > 256 {
+        return Err("secret key must be 8..=256 bytes".into());
+    }
+    Ok(())
+}
+
+/// Why no user can have this access key.
+pub fn check_access_key(access_key: &str) -> Result<(), String> {
     if access_key.len() < 3 || access_key.len() > MAX_ACCESS_KEY {
         return Err(format!("access key must be 3..={MAX_ACCESS_KEY} bytes"));
     }
@@ -95,9 +104,6 @@ pub fn check_keys(access_key: &str, secret_key: &str) -> Result<(), String> {
         return Err(
             "access key may hold only letters, digits and -_.=+@, not a leading '.'".into(),
         );
-    }
-    if secret_key.len() < 8 || secret_key.len() > 256 {
-        return Err("secret key must be 8..=256 bytes".into());
     }
     Ok(())
 }

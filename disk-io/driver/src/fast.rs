@@ -167,12 +167,12 @@ impl FastRing {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Put `s` (a read or write) in the table and its entries in the SQ;
-    /// [`FastRing::flush`] submits them (and anything else queued: one enter
-    /// for all). Hands `s` back when the fast path cannot take it: the
-    /// driver is closing, or there is no tokio runtime with I/O enabled to
-    /// run a reaper on.
-    pub(crate) fn queue(self: &Arc<Self>, s: Submission) -> Option<Submission> {
+    /// Submit `s` (a read or write), then hand over what completed inside
+    /// the enter (a page-cache hit, an immediate `-EAGAIN`) now rather than
+    /// after a trip through the reactor. Hands `s` back when the fast path
+    /// cannot take it: the driver is closing, or there is no tokio runtime
+    /// with I/O enabled to run a reaper on.
+    pub(crate) fn submit(self: &Arc<Self>, s: Submission) -> Option<Submission> {
         debug_assert!(s.op.is_data());
         if self.closed.load(Ordering::Acquire) || !self.ensure_reaper() {
             return Some(s);
@@ -183,20 +183,9 @@ impl FastRing {
             return None; // answered already: the deadline had passed
         };
         self.stats.fast_submitted.fetch_add(1, Ordering::Relaxed);
-        self.push(ring, table, admitted.entries());
-        None
-    }
-
-    /// Submit whatever is queued in the SQ, then hand over what completed
-    /// inside the enter (a page-cache hit, an immediate `-EAGAIN`) now
-    /// rather than after a trip through the reactor.
-    pub(crate) fn flush(&self) {
-        let mut g = self.lock();
-        let (ring, table) = g.parts();
-        if !ring.submission().is_empty() {
-            self.enter(ring, table);
-        }
+        self.push_and_enter(ring, table, admitted.entries());
         Self::drain(ring, table);
+        None
     }
 
     /// The caller of `op_id` has gone: cancel the op (a zombie until its CQE).
@@ -214,10 +203,9 @@ impl FastRing {
         self.enter(ring, table);
     }
 
-    /// Push `entries` as one unit. The SQ holds what was queued since the
-    /// last enter (at most one unit per in-flight permit, and it has
-    /// `ring_entries` slots); if it lacks room, everything in it is
-    /// submitted first.
+    /// Push `entries` as one unit. Every push is followed by an enter of the
+    /// whole SQ, so it only holds what a failed enter left; if it lacks
+    /// room, everything in it is submitted first.
     fn push(&self, ring: &mut IoUring, table: &mut OpTable, entries: &[squeue::Entry]) {
         loop {
             let room = {

@@ -531,7 +531,7 @@ impl Driver {
             keep,
         };
         let (sub, on_fast) = match fast {
-            Some(f) => match f.queue(sub) {
+            Some(f) => match f.submit(sub) {
                 None => (None, true),
                 refused => (refused, false),
             },
@@ -552,14 +552,6 @@ impl Driver {
             op_id,
             armed: true,
         };
-        if let Some(f) = guard.fast {
-            // Submitted at once. Batching with the ops other tasks queue on
-            // this worker (yield once, then one enter for all) was measured:
-            // CPU per op -20 % at QD32, but IOPS -15 % and QD1 latency up,
-            // because tokio reschedules a self-woken task as a yield (back of
-            // the queue, a sibling worker woken); see ARCHITECTURE.md.
-            f.flush();
-        }
         let mut rx = rx;
         let answer = loop {
             // On the fast ring the caller also looks at the CQ itself every
