@@ -43,6 +43,8 @@ pub struct ErasureConfig {
     pub heal_queue_capacity: usize,
     /// Largest metadata file accepted.
     pub max_meta_size: usize,
+    /// Most bytes of user metadata (keys and values) an object may carry.
+    pub max_user_meta: usize,
     /// Entries one scanner pass visits at most.
     pub scan_max_entries: usize,
     /// Budget for healing one object popped from the heal queue.
@@ -70,6 +72,7 @@ impl Default for ErasureConfig {
             write_queue_blocks: 4,
             heal_queue_capacity: 10_000,
             max_meta_size: 1 << 20,
+            max_user_meta: 8 << 10,
             scan_max_entries: 100_000,
             heal_object_budget: Duration::from_secs(60),
             healer_poll: Duration::from_secs(1),
@@ -119,6 +122,9 @@ impl ErasureConfig {
         }
         if self.max_meta_size < 1024 {
             return bad("max_meta_size", "must be >= 1 KiB");
+        }
+        if self.max_user_meta > self.max_meta_size / 2 {
+            return bad("max_user_meta", "must be <= max_meta_size / 2");
         }
         if self.scan_max_entries == 0 {
             return bad("scan_max_entries", "must be > 0");

@@ -22,6 +22,17 @@ pub enum ErasureError {
     /// A quorum of disks answered the same error; it is the answer.
     #[error("disks agree: {0}")]
     Disk(DiskError),
+    /// The object's current version is not the one asked for.
+    #[error("object version changed: expected {expected}, found {found}")]
+    VersionChanged {
+        /// The version the caller asked for.
+        expected: uuid::Uuid,
+        /// The current one.
+        found: uuid::Uuid,
+    },
+    /// The bucket still holds objects.
+    #[error("bucket not empty")]
+    BucketNotEmpty,
     /// The object name cannot be stored.
     #[error("invalid object name {name:?}: {reason}")]
     InvalidObjectName {
@@ -38,6 +49,14 @@ pub enum ErasureError {
         name: String,
         /// Which rule it breaks.
         reason: &'static str,
+    },
+    /// The user metadata of a PUT is larger than `max_user_meta`.
+    #[error("user metadata of {size} bytes is over the limit of {max}")]
+    UserMetaTooLarge {
+        /// Bytes given.
+        size: usize,
+        /// The limit.
+        max: usize,
     },
     /// A requested range lies outside the object.
     #[error("range {offset}+{len} outside object of {size} bytes")]

@@ -41,13 +41,14 @@ pub use config::{read_quorum, write_quorum, DiskSlot, ErasureConfig, Topology};
 pub use error::ErasureError;
 pub use heal::{HealQueue, HealTask, Pushed};
 pub use lock::{lock_quorum, LockConfig, LockError, LockGuard, QuorumLock};
-pub use meta::ObjectMeta;
+pub use meta::{check_name as check_object_name, ObjectMeta};
 pub use offline::OfflineDisk;
 pub use quorum::{
     proves_out, ErrorCount, Outcome, QuorumCounts, QuorumError, QuorumOp, SetStats, Tally,
 };
 pub use set::{
-    DiskStatus, ErasureSet, GetReport, HealReport, ObjectInfo, PutReport, ScanReport, SetReport,
+    DiskStatus, ErasureSet, GetReport, HealReport, ObjectInfo, PutOptions, PutReport, ScanReport,
+    SetReport,
 };
 pub use sets::{placement, ErasureSets};
 pub use sysconfig::{ConfigError, ConfigStore, ConfigStoreConfig, SYSTEM_BUCKET};

@@ -7,6 +7,8 @@
 //! metadata, written after a write quorum of shard files is in place, is
 //! what makes a version visible.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -44,6 +46,12 @@ pub struct ObjectMeta {
     /// Per shard index: BLAKE3 (hex) over that shard's per-block checksums,
     /// so a whole shard file can be verified against the metadata.
     pub shard_digests: Vec<String>,
+    /// What the caller stored with the object (content type, its own
+    /// digest, user metadata); identical on every disk, so it is written
+    /// and read with the same quorum as the rest. Absent in files written
+    /// before it existed.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub user: BTreeMap<String, String>,
 }
 
 impl ObjectMeta {

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use disk_io_api::{Deadline, Disk};
+use disk_io_api::{Deadline, Disk, DiskError};
 
 use crate::config::{DiskSlot, ErasureConfig, Topology};
 use crate::error::ErasureError;
@@ -121,6 +121,71 @@ impl ErasureSets {
                 }
             }
         })
+    }
+
+    /// Create a bucket on every set (in parallel, each with write quorum).
+    pub async fn make_bucket(&self, bucket: &str, deadline: Deadline) -> Result<(), ErasureError> {
+        let makes = self.sets.iter().map(|s| s.make_bucket(bucket, deadline));
+        for r in futures_util::future::join_all(makes).await {
+            r?;
+        }
+        Ok(())
+    }
+
+    /// Buckets present on every set, with their creation time (a bucket
+    /// on only some sets is a create that failed half-way, and is left
+    /// out until a create or delete finishes it).
+    pub async fn list_buckets(
+        &self,
+        deadline: Deadline,
+    ) -> Result<Vec<(String, std::time::SystemTime)>, ErasureError> {
+        let lists = self.sets.iter().map(|s| s.list_buckets(deadline));
+        let mut common: Option<std::collections::BTreeMap<String, std::time::SystemTime>> = None;
+        for r in futures_util::future::join_all(lists).await {
+            let here: std::collections::BTreeMap<_, _> = r?.into_iter().collect();
+            common = Some(match common {
+                None => here,
+                Some(c) => c
+                    .into_iter()
+                    .filter_map(|(b, t)| here.get(&b).map(|t2| (b, t.min(*t2))))
+                    .collect(),
+            });
+        }
+        Ok(common.unwrap_or_default().into_iter().collect())
+    }
+
+    /// Delete an empty bucket from every set. Every set is asked first
+    /// whether it still lists anything in the bucket, so a bucket with
+    /// objects on one set is not deleted from the others.
+    pub async fn delete_bucket(
+        &self,
+        bucket: &str,
+        deadline: Deadline,
+    ) -> Result<(), ErasureError> {
+        let lists = self.sets.iter().map(|s| s.list(bucket, "", deadline));
+        let mut missing = 0;
+        for r in futures_util::future::join_all(lists).await {
+            match r {
+                Ok(entries) if !entries.is_empty() => return Err(ErasureError::BucketNotEmpty),
+                Ok(_) => {}
+                Err(ErasureError::BucketNotFound) => missing += 1,
+                Err(e) => return Err(e),
+            }
+        }
+        if missing == self.sets.len() {
+            return Err(ErasureError::BucketNotFound);
+        }
+        let deletes = self.sets.iter().map(|s| s.delete_bucket(bucket, deadline));
+        for r in futures_util::future::join_all(deletes).await {
+            match r {
+                Ok(()) | Err(ErasureError::BucketNotFound) => {}
+                Err(ErasureError::Disk(DiskError::VolumeNotEmpty)) => {
+                    return Err(ErasureError::BucketNotEmpty)
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 
     /// The set an object lives on (a hash of its name).

@@ -1,10 +1,23 @@
 //! # disk-io-node
 //!
 //! The reference storage node: opens its local disks (as
-//! [`OpenMode::Owner`]) from the cluster config file and serves them and
-//! its locker (a [`LeaseTable`]) over the node RPC
-//! ([`disk_io_rpc::RpcServer`]); later also S3. [`cluster_lock`] builds the
-//! quorum lock over every node's locker that clients of the cluster use.
+//! [`OpenMode::Owner`]) from the cluster config file, serves them, its
+//! locker (a [`LeaseTable`]) and the admin API over the node RPC
+//! ([`disk_io_rpc::RpcServer`]), and S3 over the cluster's erasure sets
+//! ([`serve`]). [`cluster_lock`] builds the quorum lock over every node's
+//! locker that clients of the cluster use.
+//!
+//! Modules: [`objects`] (S3's object model over the sets: buckets,
+//! objects, multipart manifests, listing), [`s3`] (the s3s front end, SigV4
+//! from the IAM cache, policy checks), [`admin`] (admin requests over the
+//! RPC, the cluster view), [`http`] (S3 and ops listeners), [`serve`] (the
+//! node's life: bootstrap, healer, scanner).
+
+pub mod admin;
+pub mod http;
+pub mod objects;
+pub mod s3;
+pub mod serve;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,10 +26,10 @@ use anyhow::{anyhow, Context};
 use disk_io::{Deadline, Disk, DiskConfig, DiskError, LocalDisk, OpenMode};
 use disk_io_api::{LeaseConfig, LeaseTable, Locker};
 use disk_io_erasure::{LockConfig, QuorumLock};
-use disk_io_rpc::{ClusterConfig, Peer, RpcConfig, RpcServer, Services};
+use disk_io_rpc::{ClusterConfig, Peer, RpcConfig};
 
 /// What `serve` needs besides the cluster file.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct NodeOptions {
     /// This node's name in the cluster file.
     pub node: String,
@@ -29,6 +42,38 @@ pub struct NodeOptions {
     pub disk: DiskConfig,
     /// The RPC's limits.
     pub rpc: RpcConfig,
+    /// Remote disks' health machine.
+    pub health: disk_io::HealthConfig,
+    /// The erasure layer's bounds.
+    pub erasure: disk_io_erasure::ErasureConfig,
+    /// The object layer's bounds.
+    pub objects: objects::ObjectsConfig,
+    /// IAM's cache and deadlines.
+    pub iam: disk_io_iam::IamConfig,
+    /// The S3 listener's limits.
+    pub s3_http: http::S3HttpConfig,
+    /// Where `/metrics` renders from (the process's recorder); `None`
+    /// answers 404.
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// Budget for opening the erasure sets (every disk id, local and
+    /// remote, checked in parallel; a disk not answering by then is
+    /// recorded missing).
+    pub sets_open_deadline: Duration,
+    /// Budget of one bootstrap attempt (making the reserved buckets).
+    pub bootstrap_step: Duration,
+    /// Pause between bootstrap attempts.
+    pub bootstrap_retry: Duration,
+    /// Budget of one IAM hint to a peer.
+    pub hint_deadline: Duration,
+    /// How often the scanner looks at peers (a peer back from the dead
+    /// triggers a scan).
+    pub peer_watch: Duration,
+    /// Scan every set at least this often.
+    pub scan_interval: Duration,
+    /// Budget of scanning one bucket of one set.
+    pub scan_budget: Duration,
+    /// How long the scanner waits for a set's scan lock.
+    pub scan_lock_wait: Duration,
 }
 
 impl NodeOptions {
@@ -40,6 +85,20 @@ impl NodeOptions {
             open_deadline: Duration::from_secs(10),
             disk: DiskConfig::default(),
             rpc: RpcConfig::default(),
+            health: disk_io::HealthConfig::default(),
+            erasure: disk_io_erasure::ErasureConfig::default(),
+            objects: objects::ObjectsConfig::default(),
+            iam: disk_io_iam::IamConfig::default(),
+            s3_http: http::S3HttpConfig::default(),
+            metrics: None,
+            sets_open_deadline: Duration::from_secs(5),
+            bootstrap_step: Duration::from_secs(5),
+            bootstrap_retry: Duration::from_millis(500),
+            hint_deadline: Duration::from_secs(1),
+            peer_watch: Duration::from_millis(500),
+            scan_interval: Duration::from_secs(300),
+            scan_budget: Duration::from_secs(600),
+            scan_lock_wait: Duration::from_secs(2),
         }
     }
 }
@@ -110,34 +169,7 @@ fn erasure_position(
         .ok_or_else(|| anyhow!("disk {disk} of {node} is in no erasure set"))
 }
 
-/// Serves the node until `shutdown` resolves.
-pub async fn serve(
-    config: &ClusterConfig,
-    opts: &NodeOptions,
-    shutdown: impl std::future::Future<Output = ()> + Send,
-) -> anyhow::Result<()> {
-    let node = config
-        .node(&opts.node)
-        .ok_or_else(|| anyhow!("no node named {:?} in cluster {}", opts.node, config.name))?
-        .clone();
-    let disks = open_disks(config, opts).await?;
-    let disks: Vec<Arc<dyn Disk>> = disks.into_iter().map(|d| d as Arc<dyn Disk>).collect();
-    let locker = Arc::new(LeaseTable::new(&node.name, lease_config(config)));
-    let sweeper = tokio::spawn(sweep_leases(locker.clone(), config.locks.ttl()));
-    let services = Services {
-        locker: Some(locker as Arc<dyn Locker>),
-        listener: None,
-    };
-    let server = RpcServer::serving(disks, services, config.secret.as_bytes(), opts.rpc.clone())?;
-    let listener = tokio::net::TcpListener::bind(node.rpc_addr)
-        .await
-        .with_context(|| format!("binding the RPC address {}", node.rpc_addr))?;
-    tracing::info!(node = %node.name, rpc = %node.rpc_addr, disks = node.disks.len(), "serving");
-    let served = server.serve(listener, shutdown).await;
-    sweeper.abort();
-    served?;
-    Ok(())
-}
+pub use serve::serve;
 
 /// The node's locker limits, from the cluster's lock timing: leases no
 /// longer than the TTL, and nothing granted for a TTL after a start (a
@@ -152,7 +184,7 @@ pub fn lease_config(config: &ClusterConfig) -> LeaseConfig {
 
 /// Drops expired leases every `every`, so dead owners' leases do not pile
 /// up in memory when nobody asks for those resources again.
-async fn sweep_leases(table: Arc<LeaseTable>, every: Duration) {
+pub(crate) async fn sweep_leases(table: Arc<LeaseTable>, every: Duration) {
     let mut tick = tokio::time::interval(every.max(Duration::from_millis(100)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

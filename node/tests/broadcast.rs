@@ -28,6 +28,7 @@ async fn serve(listener: Arc<Counting>) -> std::net::SocketAddr {
     let services = Services {
         locker: None,
         listener: Some(listener),
+        ..Services::default()
     };
     let server =
         RpcServer::serving(Vec::new(), services, SECRET, RpcConfig::default()).expect("server");

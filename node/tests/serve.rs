@@ -37,6 +37,7 @@ async fn serve_opens_formats_and_serves_the_nodes_disks() {
             name: "node1".into(),
             rpc_addr,
             s3_addr: free_addr(),
+            http_addr: None,
             disks,
         }],
     };

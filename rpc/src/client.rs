@@ -418,6 +418,21 @@ impl Peer {
         Ok(r.taken)
     }
 
+    /// Send an operator's request to the peer's admin handler; its reply.
+    pub async fn admin(&self, body: Vec<u8>, deadline: Deadline) -> Result<Vec<u8>> {
+        let r = self
+            .call(
+                None,
+                OpClass::Admin,
+                methods::ADMIN,
+                AdminMsg { body },
+                deadline,
+                |mut c, r| async move { c.admin(r).await },
+            )
+            .await?;
+        Ok(r.body)
+    }
+
     /// This peer's locker.
     pub fn locker(self: &Arc<Self>) -> RemoteLocker {
         RemoteLocker { peer: self.clone() }

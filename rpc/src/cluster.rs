@@ -16,6 +16,7 @@
 //! name = "node1"                  # unique
 //! rpc_addr = "10.213.7.11:7100"   # where its RPC server listens (unique)
 //! s3_addr = "10.213.7.11:9000"    # where its S3 server listens (unique)
+//! http_addr = "10.213.7.11:9100"  # optional: /metrics, /health/live, /health/ready
 //! disks = ["/tmp/disk-io-cluster/dioh4242x0/disks/node1/disk1", "…"]  # mount points
 //! ```
 //!
@@ -175,6 +176,10 @@ pub struct NodeConfig {
     pub rpc_addr: SocketAddr,
     /// Address of its S3 server.
     pub s3_addr: SocketAddr,
+    /// Address of its ops HTTP server (`/metrics`, `/health/live`,
+    /// `/health/ready`); none without.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_addr: Option<SocketAddr>,
     /// Mount points of its disks.
     pub disks: Vec<PathBuf>,
 }
@@ -220,7 +225,10 @@ impl ClusterConfig {
             if node.name.is_empty() || !names.insert(node.name.as_str()) {
                 return bad(format!("node name {:?} is empty or repeated", node.name));
             }
-            for addr in [node.rpc_addr, node.s3_addr] {
+            for addr in [Some(node.rpc_addr), Some(node.s3_addr), node.http_addr]
+                .into_iter()
+                .flatten()
+            {
                 if !addrs.insert(addr) {
                     return bad(format!("address {addr} is used twice"));
                 }
@@ -326,6 +334,7 @@ mod tests {
                 name: format!("node{i}"),
                 rpc_addr: format!("10.213.7.{}:7100", 10 + i).parse().unwrap(),
                 s3_addr: format!("10.213.7.{}:9000", 10 + i).parse().unwrap(),
+                http_addr: None,
                 disks: (1..=4)
                     .map(|d| PathBuf::from(format!("/w/disks/node{i}/disk{d}")))
                     .collect(),

@@ -31,6 +31,7 @@ pub fn decode_all(data: &[u8]) {
     let _ = LockArgs::decode(data);
     let _ = LeaseArgs::decode(data);
     let _ = NotifyMsg::decode(data);
+    let _ = AdminMsg::decode(data);
     if let Ok(m) = DiskInfoMsg::decode(data) {
         let _ = wire::info_from_wire(m);
     }

@@ -70,6 +70,7 @@ pub mod methods {
         REFRESH_LOCK = "RefreshLock",
         UNLOCK = "Unlock",
         NOTIFY = "Notify",
+        ADMIN = "Admin",
     }
 }
 

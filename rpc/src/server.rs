@@ -17,8 +17,8 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use disk_io_api::{
-    CreateOptions, Deadline, DeleteOptions, Disk, DiskError, Listener, LockKind, LockRequest,
-    Locker, OpClass, ShardWriter,
+    AdminHandler, CreateOptions, Deadline, DeleteOptions, Disk, DiskError, Listener, LockKind,
+    LockRequest, Locker, OpClass, ShardWriter,
 };
 use prost::Message;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -108,6 +108,7 @@ struct Inner {
     disks: Vec<Arc<dyn Disk>>,
     locker: Option<Arc<dyn Locker>>,
     listener: Option<Arc<dyn Listener>>,
+    admin: Option<Arc<dyn AdminHandler>>,
     cfg: RpcConfig,
     verifier: Verifier,
     in_flight: Arc<Semaphore>,
@@ -123,6 +124,8 @@ pub struct Services {
     pub locker: Option<Arc<dyn Locker>>,
     /// Where peers' notifications go (`Rejected` without one).
     pub listener: Option<Arc<dyn Listener>>,
+    /// Operators' requests (`Rejected` without one).
+    pub admin: Option<Arc<dyn AdminHandler>>,
 }
 
 /// The node RPC server.
@@ -193,7 +196,11 @@ impl RpcServer {
         cfg: RpcConfig,
     ) -> Result<RpcServer, ServeError> {
         cfg.check().map_err(ServeError::Config)?;
-        let Services { locker, listener } = services;
+        let Services {
+            locker,
+            listener,
+            admin,
+        } = services;
         Ok(RpcServer {
             inner: Arc::new(Inner {
                 verifier: Verifier::new(secret, cfg.replay_window, cfg.nonce_cache_entries),
@@ -204,6 +211,7 @@ impl RpcServer {
                 disks,
                 locker,
                 listener,
+                admin,
                 cfg,
             }),
         })
@@ -500,6 +508,22 @@ impl DiskService for RpcServer {
             }
             Ok(Taken {
                 taken: l.notify(&m.topic, &m.key),
+            })
+        })
+        .await
+    }
+
+    async fn admin(&self, r: Request<AdminMsg>) -> Result<Response<AdminMsg>, Status> {
+        self.run(methods::ADMIN, OpClass::Admin, r, |m, d| async move {
+            let h = self
+                .inner
+                .admin
+                .clone()
+                .ok_or_else(|| DiskError::Rejected {
+                    reason: "this node takes no admin requests".into(),
+                })?;
+            Ok(AdminMsg {
+                body: h.handle(&m.body, d).await?,
             })
         })
         .await

@@ -62,6 +62,7 @@
 
 pub mod cluster;
 mod cmd;
+pub mod dashboard;
 mod error;
 pub mod faultfs;
 pub mod ledger;

@@ -7,29 +7,19 @@
 //!    healthy neighbour;
 //! 3. every series the rules (and that test file) name is one that is
 //!    really emitted, with the labels the rules aggregate by: the probe
-//!    loader's names from a running loader's `/metrics`, disk-io's names
-//!    from a metrics recorder after real operations on a `LocalDisk`
-//!    (including a deadline miss on a hung disk), the cluster layer's from
-//!    erasure sets opened and a quorum lock and an IAM operation timing
-//!    out on a held lock.
+//!    loader's names from a running loader's `/metrics`, the libraries'
+//!    from a metrics recorder while real operations run (`emitted/`: a
+//!    `LocalDisk` with a deadline miss on a hung disk, erasure sets, quorum
+//!    locks, IAM, the node RPC).
 //!
 //! (3) needs root (BPF, FUSE, a loop device), as CI has.
 
 mod ebpf_common;
-#[path = "../../erasure/tests/store_fixture/mod.rs"]
-mod store_fixture;
+mod emitted;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
 
-use disk_io::{Deadline, Disk, DiskConfig, DiskError, LocalDisk};
-use disk_io_api::LockKind;
-use disk_io_erasure::{ConfigStoreConfig, QuorumLock};
-use disk_io_harness::{privilege, FaultFs};
-use disk_io_iam::{Iam, IamConfig, Policy, Status, User};
 use ebpf_common::*;
-use metrics_util::debugging::DebuggingRecorder;
-use store_fixture::{cluster, dl, lock_cfg};
 
 const RULES: &str = "disk-io-alerts.yml";
 const RULE_TESTS: &str = "disk-io-alerts.test.yml";
@@ -124,89 +114,13 @@ fn every_alert_fires_in_promtool_test_rules() {
     }
 }
 
-/// disk-io's series as recorded by a real `LocalDisk`: opened, formatted,
-/// written and read on a FUSE mount, then asked its disk id with a short
-/// deadline while the mount hangs (a state-check timeout and a deadline
-/// miss). Series name → label names.
-async fn library_series() -> BTreeMap<String, BTreeSet<String>> {
-    privilege::require_fuse().expect("this test runs a disk on FUSE");
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    recorder
-        .install()
-        .expect("install the metrics recorder (once per test binary)");
-    let (_scratch, fs) = FaultFs::mount_scratch().expect("mount faultfs");
-    let ctl = fs.control();
-    let mut cfg = DiskConfig {
-        disk_id_cache_ttl: Duration::ZERO,
-        ..DiskConfig::default()
-    };
-    cfg.health.tick = Duration::from_millis(10);
-    let setup = || Deadline::after(Duration::from_secs(10));
-    let disk = LocalDisk::builder(fs.mountpoint())
-        .label("disk1")
-        .config(cfg)
-        .open(setup())
-        .await
-        .expect("open disk on faultfs");
-    disk.format(0, 1, false, setup()).await.expect("format");
-    disk.make_vol("v", setup()).await.expect("make_vol");
-    disk.write_all("v", "meta", b"x", setup())
-        .await
-        .expect("write_all");
-    disk.read_all("v", "meta", setup()).await.expect("read_all");
-    disk.disk_id(setup()).await.expect("disk_id");
-    ctl.hang();
-    let missed = disk
-        .disk_id(Deadline::after(Duration::from_millis(50)))
-        .await;
-    assert!(
-        matches!(missed, Err(DiskError::DeadlineExceeded { .. })),
-        "disk_id on a hung disk: {missed:?}"
-    );
-    // Let the health monitor tick (the driver gauges are set per tick).
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    ctl.release();
-    drop(disk);
-    cluster_series().await;
-    let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for (key, _, _, _) in snapshotter.snapshot().into_vec() {
-        let key = key.key();
-        out.entry(key.name().to_owned())
-            .or_default()
-            .extend(key.labels().map(|l| l.key().to_owned()));
-    }
-    out
-}
-
-/// The cluster layer's series, from real operations (recorded by the
-/// recorder `library_series` installed): erasure sets opened (their
-/// must-stay-zero false-quorum-loss counters registered), a quorum lock
-/// and an IAM operation that time out on a lock someone holds.
-async fn cluster_series() {
-    let c = cluster(ConfigStoreConfig::default()).await;
-    let iam = Iam::new(c.store.clone(), IamConfig::default(), None);
-    let other = QuorumLock::new(c.lockers.clone(), "other", lock_cfg()).expect("locks");
-    let held = other
-        .lock("config/iam/users/alice.json", LockKind::Write, dl())
-        .await
-        .expect("hold alice's document");
-    let user = User {
-        access_key: "alice".into(),
-        secret_key: "alice-secret-key".into(),
-        status: Status::Enabled,
-        policy: Policy::read_write_all(),
-    };
-    let r = iam
-        .add_user(user, Deadline::after(Duration::from_millis(300)))
-        .await;
-    assert!(r.as_ref().is_err_and(|e| e.is_lock_timeout()), "{r:?}");
-    held.release(dl()).await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_series_the_rules_use_is_emitted_with_their_labels() {
-    let mut emitted = library_series().await;
+    let mut emitted: BTreeMap<String, BTreeSet<String>> = emitted::emitted_series()
+        .await
+        .into_iter()
+        .map(|(name, family)| (name, family.labels))
+        .collect();
     let traced = tokio::task::spawn_blocking(|| {
         let traced = loader_with_io(8);
         let text = scrape(&traced.loader);

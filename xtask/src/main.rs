@@ -2,7 +2,7 @@
 //! machine of the project's kind (Debian, root, Rust toolchain present).
 //!
 //! * `setup`  install whatever is missing (idempotent, fast when present)
-//! * `demo`   setup, then the README's main job: four disks, one hung mid-run
+//! * `demo`   setup, then the README's main job: the field report's power-off on a 4x4 S3 cluster
 //! * `ci`     setup, then fmt, clippy and every test (what `.ci/run` calls)
 //! * `bench`  the fio-style bench engine (engines side by side, `--vs-fio`, `--suite`)
 //! * `bench-deadline`  deadline overshoot and fail-fast latency (prints figures)
@@ -32,6 +32,7 @@ fn main() -> ExitCode {
     let result = match cmd.as_str() {
         "setup" => setup::ensure(),
         "demo" => setup::ensure().and_then(|()| demo(rest)),
+        "demo-disks" => setup::ensure().and_then(|()| demo_disks(rest)),
         "ci" => setup::ensure().and_then(|()| ci()),
         "bench-deadline" => setup::ensure().and_then(|()| bench_deadline(rest)),
         "bench" => setup::ensure().and_then(|()| bench(rest)),
@@ -68,7 +69,8 @@ fn usage() {
     eprintln!(
         "usage: cargo xtask <command>\n\
          \n  setup            install missing system packages and toolchain parts (idempotent)\
-         \n  demo             setup, then run the demo: 4 disks, one hung mid-run, recovery\
+         \n  demo             setup, then the field report's scenario: 4x4 cluster, 3.1 GiB S3 upload, node4 powered off at 30 %\
+         \n  demo-disks       setup, then the local-disk demo: 4 disks, one hung mid-run, recovery\
          \n  ci               setup, then cargo fmt --check, clippy -D warnings, all tests\
          \n  bench [fio-style options]  setup, then the fio-style bench engine (`cargo xtask bench --help`)\
          \n  bench-deadline   setup, then measure deadline overshoot and fail-fast latency\
@@ -94,7 +96,22 @@ fn cargo_run(package: &str, target: &[&str], rest: &[String]) -> Result<(), Stri
         .args(rest))
 }
 
+/// The field report's scenario on a cluster of full nodes (the node
+/// binary is built first: the example runs it from `target/release`).
 fn demo(rest: &[String]) -> Result<(), String> {
+    run(cargo().args([
+        "build",
+        "--release",
+        "--quiet",
+        "-p",
+        "disk-io-node",
+        "--bins",
+    ]))?;
+    cargo_run("disk-io-node", &["--example", "field_report_demo"], rest)
+}
+
+/// The local-disk demo: four disks, one hung mid-run, recovery.
+fn demo_disks(rest: &[String]) -> Result<(), String> {
     cargo_run("disk-io-harness", &["--example", "demo"], rest)
 }
 
@@ -102,6 +119,30 @@ fn demo(rest: &[String]) -> Result<(), String> {
 /// runs the echo stand-in built next to the CLI.
 fn cluster(rest: &[String]) -> Result<(), String> {
     run(cargo().args(["build", "--quiet", "-p", "disk-io-harness", "--bins"]))?;
+    let mut args: Vec<String> = rest.to_vec();
+    // `up` without a node command starts full nodes (S3, admin, sets):
+    // the release `disk-io-node`, ready once it serves S3, with 6 s lock
+    // leases so a fresh cluster is ready in seconds.
+    if args.first().is_some_and(|a| a == "up") && !args.iter().any(|a| a == "--") {
+        run(cargo().args(["build", "--release", "--quiet", "-p", "disk-io-node"]))?;
+        let node = workspace_root().join("target/release/disk-io-node");
+        if !args.iter().any(|a| a == "--ready") {
+            args.extend(["--ready".into(), "s3".into()]);
+        }
+        if !args.iter().any(|a| a == "--lock-ttl-ms") {
+            args.extend(["--lock-ttl-ms".into(), "6000".into()]);
+        }
+        args.extend([
+            "--".into(),
+            node.display().to_string(),
+            "serve".into(),
+            "--config".into(),
+            "{config}".into(),
+            "--node".into(),
+            "{node}".into(),
+            "--format-missing".into(),
+        ]);
+    }
     run(cargo()
         .args([
             "run",
@@ -112,7 +153,15 @@ fn cluster(rest: &[String]) -> Result<(), String> {
             "disk-io-cluster",
             "--",
         ])
-        .args(rest))
+        .args(args))
+}
+
+/// The workspace's root directory.
+fn workspace_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
 }
 
 fn bench(rest: &[String]) -> Result<(), String> {

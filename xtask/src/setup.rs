@@ -55,11 +55,30 @@ const TOOLS: &[Tool] = &[
         command: "mkfifo",
         package: "coreutils",
         why: "FIFO format-file test",
+    }, // By absolute path: another `aws` or `python3` on PATH (pyenv, pip)
+    // is not what the tests and the demo run.
+    Tool {
+        command: "/usr/bin/aws",
+        package: "awscli",
+        why: "the real S3 client of the S3 tests and `aws s3 cp` in the demo",
+    },
+    Tool {
+        command: "/usr/lib/python3/dist-packages/boto3/__init__.py",
+        package: "python3-boto3",
+        why: "boto3, the S3 client of node/scripts/s3io.py (tests, demo, bench)",
     },
 ];
 
 pub(crate) fn ensure() -> Result<(), String> {
-    let missing: Vec<&Tool> = TOOLS.iter().filter(|t| !answers(t.command)).collect();
+    // A path is checked for existence (a module file is not a command).
+    let present = |t: &&Tool| {
+        if t.command.starts_with('/') {
+            std::path::Path::new(t.command).exists()
+        } else {
+            answers(t.command)
+        }
+    };
+    let missing: Vec<&Tool> = TOOLS.iter().filter(|t| !present(t)).collect();
     if !missing.is_empty() {
         let mut packages: Vec<&str> = missing.iter().map(|t| t.package).collect();
         packages.sort_unstable();

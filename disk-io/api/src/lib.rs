@@ -35,7 +35,7 @@ pub use disk::{
 };
 pub use error::{Availability, DiskError, Errno, PathRule, Result, WrongType};
 pub use lock::{Clock, LeaseConfig, LeaseTable, LockKind, LockRequest, Locker};
-pub use notify::Listener;
+pub use notify::{AdminHandler, Listener};
 pub use op::OpClass;
 pub use state::HealthState;
 pub use timeouts::OpTimeouts;

@@ -54,11 +54,13 @@ pub enum OpClass {
     Lock,
     /// A notification to a peer (a hint that something changed).
     Notify,
+    /// An operator's request to a node (users, cluster status).
+    Admin,
 }
 
 impl OpClass {
     /// All classes, for metric registration and tests.
-    pub const ALL: [OpClass; 23] = [
+    pub const ALL: [OpClass; 24] = [
         OpClass::Open,
         OpClass::Format,
         OpClass::DiskId,
@@ -83,6 +85,7 @@ impl OpClass {
         // Appended: a class's position is its code on the wire.
         OpClass::Lock,
         OpClass::Notify,
+        OpClass::Admin,
     ];
 
     /// Stable snake_case name (metrics label, span field, JSON).
@@ -111,6 +114,7 @@ impl OpClass {
             OpClass::RawWrite => "raw_write",
             OpClass::Lock => "lock",
             OpClass::Notify => "notify",
+            OpClass::Admin => "admin",
         }
     }
 }

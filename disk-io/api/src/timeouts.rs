@@ -63,7 +63,8 @@ impl OpTimeouts {
             | OpClass::StatFile
             | OpClass::RenameFile
             | OpClass::Delete
-            | OpClass::ListDir => self.metadata,
+            | OpClass::ListDir
+            | OpClass::Admin => self.metadata,
         }
     }
 

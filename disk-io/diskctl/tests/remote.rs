@@ -33,6 +33,7 @@ fn config(dir: &std::path::Path, nodes: &[(&str, SocketAddr)]) -> String {
             name: name.to_string(),
             rpc_addr: *rpc_addr,
             s3_addr: format!("127.0.0.1:{}", 1 + i).parse().unwrap(),
+            http_addr: None,
             disks: vec![dir.join(format!("{name}-disk1"))],
         })
         .collect::<Vec<_>>();

@@ -26,6 +26,8 @@ mod read;
 mod repair;
 mod write;
 
+pub use write::PutOptions;
+
 /// One disk's result, `None` when it was not heard from in time.
 type Slot<T> = Option<Result<T, DiskError>>;
 
@@ -104,6 +106,8 @@ pub struct ObjectInfo {
     pub data: usize,
     /// Parity shards.
     pub parity: usize,
+    /// What the writer stored with it ([`PutOptions::user`]).
+    pub user: std::collections::BTreeMap<String, String>,
 }
 
 /// What healing one object did.
@@ -514,6 +518,84 @@ impl ErasureSet {
         match self.decide(&t, deadline)? {
             Outcome::Met { .. } => Ok(()),
             Outcome::Agreed(e) => Err(ErasureError::Disk(e)),
+        }
+    }
+
+    /// Buckets (volumes) that a read quorum of disks hold, with the oldest
+    /// creation time any of them reports; the temporary volume is left out.
+    pub async fn list_buckets(
+        &self,
+        deadline: Deadline,
+    ) -> Result<Vec<(String, SystemTime)>, ErasureError> {
+        let rq = self.read_quorum();
+        let results = self
+            .gather(
+                deadline,
+                OpClass::ListVols,
+                move |_, disk, d| Box::pin(async move { disk.list_vols(d).await }),
+                |rs| rs.iter().filter(|r| matches!(r, Some(Ok(_)))).count() >= rq,
+                true,
+            )
+            .await;
+        let mut seen: std::collections::BTreeMap<String, (usize, SystemTime)> = Default::default();
+        for vols in results.iter().flatten().flatten() {
+            for v in vols {
+                let e = seen.entry(v.name.clone()).or_insert((0, v.created));
+                e.0 += 1;
+                e.1 = e.1.min(v.created);
+            }
+        }
+        let t = self.tally(QuorumOp::List, rq, &results);
+        match self.decide(&t, deadline)? {
+            Outcome::Met { .. } => {}
+            Outcome::Agreed(e) => return Err(agreed(e)),
+        }
+        Ok(seen
+            .into_iter()
+            .filter(|(name, (c, _))| *c >= rq && *name != self.cfg.tmp_volume)
+            .map(|(name, (_, t))| (name, t))
+            .collect())
+    }
+
+    /// Delete an empty bucket (its volume on every disk) with write
+    /// quorum. A disk without it counts as done; a bucket with anything in
+    /// it is refused by the disks (`VolumeNotEmpty`).
+    pub async fn delete_bucket(
+        &self,
+        bucket: &str,
+        deadline: Deadline,
+    ) -> Result<(), ErasureError> {
+        self.check_bucket(bucket)?;
+        let b = bucket.to_string();
+        let wq = self.write_quorum();
+        let mut results = self
+            .gather(
+                deadline,
+                OpClass::DeleteVol,
+                move |_, disk, d| {
+                    let b = b.clone();
+                    Box::pin(async move { disk.delete_vol(&b, false, d).await })
+                },
+                |rs| rs.iter().filter(|r| matches!(r, Some(Ok(())))).count() >= wq,
+                true,
+            )
+            .await;
+        let gone = results
+            .iter()
+            .filter(|r| matches!(r, Some(Err(DiskError::VolumeNotFound))))
+            .count();
+        if gone == results.len() {
+            return Err(ErasureError::BucketNotFound);
+        }
+        for r in results.iter_mut() {
+            if matches!(r, Some(Err(DiskError::VolumeNotFound))) {
+                *r = Some(Ok(()));
+            }
+        }
+        let t = self.tally(QuorumOp::Delete, wq, &results);
+        match self.decide(&t, deadline)? {
+            Outcome::Met { .. } => Ok(()),
+            Outcome::Agreed(e) => Err(agreed(e)),
         }
     }
 

@@ -91,6 +91,7 @@ impl ErasureSet {
             modified: SystemTime::UNIX_EPOCH + Duration::from_nanos(m.mod_time_ns),
             data: m.data,
             parity: m.parity,
+            user: m.user,
         })
     }
 
@@ -108,7 +109,32 @@ impl ErasureSet {
         out: &mut (dyn AsyncWrite + Unpin + Send),
         deadline: Deadline,
     ) -> Result<GetReport, ErasureError> {
+        self.get_version(bucket, name, None, range, out, deadline)
+            .await
+    }
+
+    /// [`get_object`](Self::get_object) of version `expect` only: when the
+    /// current version is another (the object was replaced since the
+    /// caller's `stat_object`), `VersionChanged` comes back before a byte
+    /// is written, so a reply's headers and body never mix two versions.
+    pub async fn get_version(
+        &self,
+        bucket: &str,
+        name: &str,
+        expect: Option<Uuid>,
+        range: Option<(u64, u64)>,
+        out: &mut (dyn AsyncWrite + Unpin + Send),
+        deadline: Deadline,
+    ) -> Result<GetReport, ErasureError> {
         let (m, states) = self.read_meta(bucket, name, deadline, false).await?;
+        if let Some(v) = expect {
+            if v != m.version {
+                return Err(ErasureError::VersionChanged {
+                    expected: v,
+                    found: m.version,
+                });
+            }
+        }
         let geo = m.geometry();
         let (offset, len) = match range {
             None => (0, m.size),

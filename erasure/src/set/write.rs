@@ -2,6 +2,8 @@
 //! stragglers dropped while write quorum holds, rename commit, quorum
 //! metadata, cleanup of a failed write.
 
+use std::collections::BTreeMap;
+
 use super::*;
 
 impl ErasureSet {
@@ -22,7 +24,23 @@ impl ErasureSet {
         src: &mut (dyn AsyncRead + Unpin + Send),
         deadline: Deadline,
     ) -> Result<PutReport, ErasureError> {
+        self.put_object_with(bucket, name, src, PutOptions::default(), deadline)
+            .await
+    }
+
+    /// [`put_object`](Self::put_object) storing `opts.user` (and what
+    /// `opts.finish` adds once the source is exhausted) in the object's
+    /// metadata, at most `max_user_meta` bytes of keys and values.
+    pub async fn put_object_with(
+        &self,
+        bucket: &str,
+        name: &str,
+        src: &mut (dyn AsyncRead + Unpin + Send),
+        opts: PutOptions<'_>,
+        deadline: Deadline,
+    ) -> Result<PutReport, ErasureError> {
         self.check_bucket(bucket)?;
+        self.check_user_meta(&opts.user)?;
         meta::check_name(name)?;
         let n = self.n();
         let version = Uuid::new_v4();
@@ -51,7 +69,16 @@ impl ErasureSet {
             ))));
         }
         let r = self
-            .put_stream(&mut w, src, &distribution, deadline, bucket, name, version)
+            .put_stream(
+                &mut w,
+                src,
+                opts,
+                &distribution,
+                deadline,
+                bucket,
+                name,
+                version,
+            )
             .await;
         match r {
             Ok(report) => Ok(report),
@@ -80,6 +107,7 @@ impl ErasureSet {
         &self,
         w: &mut Writers,
         src: &mut (dyn AsyncRead + Unpin + Send),
+        opts: PutOptions<'_>,
         distribution: &[usize],
         deadline: Deadline,
         bucket: &str,
@@ -118,6 +146,11 @@ impl ErasureSet {
             }
         }
         geo.size = size;
+        let mut user = opts.user;
+        if let Some(finish) = opts.finish {
+            user.extend(finish(size));
+            self.check_user_meta(&user)?;
+        }
         self.send_all(w, (0..n).map(|_| Msg::Finish).collect(), deadline)
             .await?;
         self.await_commits(w, deadline).await?;
@@ -138,6 +171,7 @@ impl ErasureSet {
                 .into_iter()
                 .map(|h| h.finalize().to_hex().to_string())
                 .collect(),
+            user,
         };
         debug_assert_eq!(geo.shard_file_size(), meta.geometry().shard_file_size());
         let bytes = Arc::new(meta.to_bytes());
@@ -564,4 +598,29 @@ async fn fill(
         len += n;
     }
     Ok(len)
+}
+
+/// What a PUT stores besides the bytes.
+#[derive(Default)]
+pub struct PutOptions<'a> {
+    /// Stored in the object's metadata as given.
+    pub user: BTreeMap<String, String>,
+    /// Called with the object's size once the source is exhausted, before
+    /// the metadata is written; what it returns joins `user` (a digest of
+    /// the bytes the caller computed while they streamed, say).
+    #[allow(clippy::type_complexity)]
+    pub finish: Option<Box<dyn FnOnce(u64) -> BTreeMap<String, String> + Send + 'a>>,
+}
+
+impl ErasureSet {
+    fn check_user_meta(&self, user: &BTreeMap<String, String>) -> Result<(), ErasureError> {
+        let size: usize = user.iter().map(|(k, v)| k.len() + v.len()).sum();
+        if size > self.cfg.max_user_meta {
+            return Err(ErasureError::UserMetaTooLarge {
+                size,
+                max: self.cfg.max_user_meta,
+            });
+        }
+        Ok(())
+    }
 }

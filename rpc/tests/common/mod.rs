@@ -46,7 +46,7 @@ pub async fn serve_with_locker(
 ) -> Served {
     let services = disk_io_rpc::Services {
         locker,
-        listener: None,
+        ..disk_io_rpc::Services::default()
     };
     let server = RpcServer::serving(disks, services, SECRET, cfg).expect("server config");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

@@ -218,6 +218,8 @@ pub struct NodeStatus {
     pub rpc_addr: SocketAddr,
     /// S3 address.
     pub s3_addr: SocketAddr,
+    /// Ops HTTP address.
+    pub http_addr: SocketAddr,
     /// Pid of its current (or last) process.
     pub pid: Option<i32>,
     /// Power.
@@ -437,6 +439,7 @@ impl Cluster {
                         ip,
                         rpc_addr: SocketAddr::from((ip, spec.rpc_port)),
                         s3_addr: SocketAddr::from((ip, spec.s3_port)),
+                        http_addr: SocketAddr::from((ip, spec.http_port)),
                         disks: (1..=spec.disks_per_node)
                             .map(|d| work_dir.join("disks").join(&node).join(format!("disk{d}")))
                             .collect(),
@@ -596,6 +599,7 @@ impl Cluster {
                     name: n.view.name.clone(),
                     rpc_addr: n.view.rpc_addr,
                     s3_addr: n.view.s3_addr,
+                    http_addr: Some(n.view.http_addr),
                     disks: n.view.disks.clone(),
                 })
                 .collect(),
@@ -970,6 +974,7 @@ impl Cluster {
                 ip: record.view.ip,
                 rpc_addr: record.view.rpc_addr,
                 s3_addr: record.view.s3_addr,
+                http_addr: record.view.http_addr,
                 pid: record.process.map(|p| p.pid),
                 power: if record.powered_off {
                     Power::Off

@@ -33,6 +33,8 @@ pub struct ClusterSpec {
     pub rpc_port: u16,
     /// Port every node's S3 server listens on.
     pub s3_port: u16,
+    /// Port every node's ops HTTP server (`/metrics`, `/health/*`) listens on.
+    pub http_port: u16,
     /// Network address of the cluster's /24 (e.g. `10.213.7.0`); derived from the
     /// process id and a counter when `None`. Each cluster's addresses exist only inside
     /// its own namespaces, so two clusters with one subnet would not clash either; distinct
@@ -77,6 +79,7 @@ impl Default for ClusterSpec {
             secret: None,
             rpc_port: 7100,
             s3_port: 9000,
+            http_port: 9100,
             subnet: None,
             prefix: "dioh".into(),
             label: None,
@@ -217,10 +220,16 @@ impl ClusterSpec {
         if limits.setup_threads == 0 {
             return bad("limits.setup_threads must be > 0".into());
         }
-        if self.rpc_port == 0 || self.s3_port == 0 || self.rpc_port == self.s3_port {
+        if self.rpc_port == 0
+            || self.s3_port == 0
+            || self.http_port == 0
+            || self.rpc_port == self.s3_port
+            || self.http_port == self.s3_port
+            || self.http_port == self.rpc_port
+        {
             return bad(format!(
-                "rpc_port = {}, s3_port = {} (must be distinct and non-zero)",
-                self.rpc_port, self.s3_port
+                "rpc_port = {}, s3_port = {}, http_port = {} (must be distinct and non-zero)",
+                self.rpc_port, self.s3_port, self.http_port
             ));
         }
         if let Some(subnet) = self.subnet {
@@ -286,13 +295,14 @@ pub struct NodeCommand {
 
 impl NodeCommand {
     /// Placeholders a node command may use, and what they become.
-    pub const PLACEHOLDERS: [(&'static str, &'static str); 10] = [
+    pub const PLACEHOLDERS: [(&'static str, &'static str); 11] = [
         ("cluster", "the cluster's name"),
         ("node", "the node's name, e.g. node4"),
         ("index", "the node's number, from 1"),
         ("ip", "the node's IPv4 address"),
         ("rpc_addr", "ip:rpc_port"),
         ("s3_addr", "ip:s3_port"),
+        ("http_addr", "ip:http_port (/metrics, /health/*)"),
         ("rpc_port", "the RPC port"),
         ("s3_port", "the S3 port"),
         ("config", "path of the cluster config file (TOML)"),
@@ -391,6 +401,8 @@ pub struct NodeView {
     pub rpc_addr: SocketAddr,
     /// `ip:s3_port`.
     pub s3_addr: SocketAddr,
+    /// `ip:http_port`.
+    pub http_addr: SocketAddr,
     /// Mount points of the node's disks.
     pub disks: Vec<PathBuf>,
     /// The cluster config file.
@@ -413,6 +425,7 @@ impl NodeView {
             "ip" => self.ip.to_string(),
             "rpc_addr" => self.rpc_addr.to_string(),
             "s3_addr" => self.s3_addr.to_string(),
+            "http_addr" => self.http_addr.to_string(),
             "rpc_port" => self.rpc_addr.port().to_string(),
             "s3_port" => self.s3_addr.port().to_string(),
             "config" => path_text(&self.config_path),
@@ -504,6 +517,7 @@ mod tests {
             ip,
             rpc_addr: SocketAddr::from((ip, 7100)),
             s3_addr: SocketAddr::from((ip, 9000)),
+            http_addr: SocketAddr::from((ip, 9100)),
             disks: vec!["/d/1".into(), "/d/2".into()],
             config_path: "/w/cluster.toml".into(),
         }
