@@ -40,6 +40,8 @@ pub struct NodeOptions {
     pub open_deadline: Duration,
     /// The local disks' configuration.
     pub disk: DiskConfig,
+    /// Which implementation serves the local disks.
+    pub backend: DiskBackend,
     /// The RPC's limits.
     pub rpc: RpcConfig,
     /// Remote disks' health machine.
@@ -84,6 +86,7 @@ impl NodeOptions {
             format_missing: false,
             open_deadline: Duration::from_secs(10),
             disk: DiskConfig::default(),
+            backend: DiskBackend::Uring,
             rpc: RpcConfig::default(),
             health: disk_io::HealthConfig::default(),
             erasure: disk_io_erasure::ErasureConfig::default(),
@@ -103,35 +106,88 @@ impl NodeOptions {
     }
 }
 
+/// Which implementation serves the node's local disks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DiskBackend {
+    /// [`LocalDisk`]: io_uring with kernel-enforced deadlines (the product).
+    #[default]
+    Uring,
+    /// [`disk_io_tokiofs::TokioFsDisk`]: `tokio::fs` on the blocking pool,
+    /// the conventional baseline, for the object-level benchmark only.
+    TokioFs,
+}
+
+/// A disk the node owns, of either backend.
+enum Opened {
+    Uring(LocalDisk),
+    TokioFs(disk_io_tokiofs::TokioFsDisk),
+}
+
+impl Opened {
+    async fn format(&self, set: u32, index: u32, d: Deadline) -> Result<(), DiskError> {
+        match self {
+            Opened::Uring(x) => x.format(set, index, false, d).await.map(|_| ()),
+            Opened::TokioFs(x) => x.format(set, index, false, d).await.map(|_| ()),
+        }
+    }
+
+    fn into_dyn(self) -> Arc<dyn Disk> {
+        match self {
+            Opened::Uring(x) => Arc::new(x),
+            Opened::TokioFs(x) => Arc::new(x),
+        }
+    }
+
+    fn as_dyn(&self) -> &dyn Disk {
+        match self {
+            Opened::Uring(x) => x,
+            Opened::TokioFs(x) => x,
+        }
+    }
+}
+
 /// Opens the node's disks, in config order.
 pub async fn open_disks(
     config: &ClusterConfig,
     opts: &NodeOptions,
-) -> anyhow::Result<Vec<Arc<LocalDisk>>> {
+) -> anyhow::Result<Vec<Arc<dyn Disk>>> {
     let node = config
         .node(&opts.node)
         .ok_or_else(|| anyhow!("no node named {:?} in cluster {}", opts.node, config.name))?;
     let mut disks = Vec::new();
     for (i, path) in node.disks.iter().enumerate() {
         let label = format!("{}:{}", node.name, i + 1);
-        let disk = LocalDisk::builder(path)
-            .config(opts.disk.clone())
-            .label(label.clone())
-            .mode(OpenMode::Owner)
-            .open(Deadline::after(opts.open_deadline))
-            .await
-            .with_context(|| format!("opening disk {label} at {}", path.display()))?;
+        let d = Deadline::after(opts.open_deadline);
+        let disk = match opts.backend {
+            DiskBackend::Uring => LocalDisk::builder(path)
+                .config(opts.disk.clone())
+                .label(label.clone())
+                .mode(OpenMode::Owner)
+                .open(d)
+                .await
+                .map(Opened::Uring),
+            DiskBackend::TokioFs => disk_io_tokiofs::TokioFsDisk::builder(path)
+                .config(opts.disk.clone())
+                .label(label.clone())
+                .open(d)
+                .await
+                .map(Opened::TokioFs),
+        }
+        .with_context(|| format!("opening disk {label} at {}", path.display()))?;
         if opts.format_missing {
             // The erasure layer's positions (`Topology::sets`: disk i of
             // every node, column by column), so each set spreads over every
             // node and the set opening finds each disk where it expects it.
             let (set, index) = erasure_position(config, &opts.node, i)?;
-            match disk.disk_id(Deadline::after(opts.open_deadline)).await {
+            match disk
+                .as_dyn()
+                .disk_id(Deadline::after(opts.open_deadline))
+                .await
+            {
                 Err(DiskError::Unformatted) => {
                     disk.format(
                         set as u32,
                         index as u32,
-                        false,
                         Deadline::after(opts.open_deadline),
                     )
                     .await
@@ -141,7 +197,7 @@ pub async fn open_disks(
                 Err(e) => return Err(anyhow!("disk {label}: {e}")),
             }
         }
-        disks.push(Arc::new(disk));
+        disks.push(disk.into_dyn());
     }
     Ok(disks)
 }

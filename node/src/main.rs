@@ -40,6 +40,10 @@ enum Command {
         /// How often the scanner heals every set, at least (e.g. `5m`).
         #[arg(long, value_parser = humantime::parse_duration, default_value = "5m")]
         scan_interval: Duration,
+        /// `uring` (the product) or `tokio-fs` (the conventional baseline,
+        /// for the object-level benchmark).
+        #[arg(long, value_parser = ["uring", "tokio-fs"], default_value = "uring")]
+        disk_backend: String,
     },
     /// Operate the cluster through a node's admin API.
     Admin(AdminArgs),
@@ -169,6 +173,7 @@ fn main() -> ExitCode {
             node,
             format_missing,
             scan_interval,
+            disk_backend,
         } => {
             let outcome = runtime.block_on(async {
                 let cluster = ClusterConfig::load(&config)?;
@@ -184,6 +189,9 @@ fn main() -> ExitCode {
                 let mut opts = NodeOptions::new(&node);
                 opts.format_missing = format_missing;
                 opts.scan_interval = scan_interval;
+                if disk_backend == "tokio-fs" {
+                    opts.backend = disk_io_node::DiskBackend::TokioFs;
+                }
                 opts.metrics = Some(handle);
                 disk_io_node::serve(&cluster, &opts, shutdown_signal()).await
             });

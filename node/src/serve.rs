@@ -98,8 +98,7 @@ pub async fn serve(
         .node(&opts.node)
         .ok_or_else(|| anyhow!("no node named {:?} in cluster {}", opts.node, config.name))?
         .clone();
-    let local = open_disks(config, opts).await?;
-    let local_dyn: Vec<Arc<dyn Disk>> = local.iter().map(|d| d.clone() as Arc<dyn Disk>).collect();
+    let local_dyn = open_disks(config, opts).await?;
     let table = Arc::new(LeaseTable::new(&me.name, lease_config(config)));
     let sweeper = tokio::spawn(crate::sweep_leases(table.clone(), config.locks.ttl()));
     let mut peers = Vec::new();
@@ -166,7 +165,7 @@ pub async fn serve(
         }
         None => None,
     };
-    tracing::info!(node = %me.name, rpc = %me.rpc_addr, s3 = %me.s3_addr, http = ?me.http_addr, disks = local.len(), "node started; bootstrapping");
+    tracing::info!(node = %me.name, rpc = %me.rpc_addr, s3 = %me.s3_addr, http = ?me.http_addr, disks = local_dyn.len(), backend = ?opts.backend, "node started; bootstrapping");
 
     let boot = tokio::spawn(bootstrap(
         config.clone(),

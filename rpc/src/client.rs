@@ -21,7 +21,6 @@ use disk_io_api::{
 use disk_io_health::{Health, HealthConfig, Observer};
 use hyper_util::client::legacy::connect::HttpConnector;
 use prost::Message;
-use tokio::task::JoinHandle;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
@@ -149,13 +148,21 @@ impl PeerShared {
     }
 }
 
-async fn liveness(shared: Weak<PeerShared>, cfg: RpcConfig, addr: SocketAddr) {
+async fn liveness(
+    shared: Weak<PeerShared>,
+    cfg: RpcConfig,
+    addr: SocketAddr,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) {
     let mut tick = tokio::time::interval(cfg.heartbeat_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut live = channel(addr, &cfg).ok();
     let mut seq = 0u64;
     loop {
         tick.tick().await;
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
         let Some(shared) = shared.upgrade() else {
             return;
         };
@@ -191,7 +198,7 @@ async fn liveness(shared: Weak<PeerShared>, cfg: RpcConfig, addr: SocketAddr) {
 /// small heartbeats) and its circuit breaker.
 pub struct Peer {
     shared: Arc<PeerShared>,
-    heart: JoinHandle<()>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for Peer {
@@ -206,7 +213,8 @@ impl std::fmt::Debug for Peer {
 
 impl Drop for Peer {
     fn drop(&mut self) {
-        self.heart.abort();
+        // The liveness thread sees the flag at its next tick and ends.
+        self.stop.store(true, Ordering::Relaxed);
     }
 }
 
@@ -234,8 +242,28 @@ impl Peer {
             heartbeats_missed: AtomicU64::new(0),
             cfg: cfg.clone(),
         });
-        let heart = runtime.spawn(liveness(Arc::downgrade(&shared), cfg, addr));
-        Ok(Arc::new(Peer { shared, heart }))
+        drop(runtime);
+        // Heartbeats run on their own thread and runtime: a node whose
+        // runtime is saturated by a multi-GiB transfer still sends and
+        // reads them on time, so a live peer is not taken for dead
+        // because this side was too busy to notice its answers.
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (weak, flag) = (Arc::downgrade(&shared), stop.clone());
+        std::thread::Builder::new()
+            .name(format!("diskio-hb-{name}"))
+            .spawn(move || {
+                match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt.block_on(liveness(weak, cfg, addr, flag)),
+                    Err(e) => tracing::error!(error = %e, "no runtime for heartbeats"),
+                }
+            })
+            .map_err(|e| DiskError::InvalidArgument {
+                reason: format!("starting the heartbeat thread: {e}"),
+            })?;
+        Ok(Arc::new(Peer { shared, stop }))
     }
 
     /// The peer's name.
@@ -289,9 +317,11 @@ struct DiskInner {
     health: Arc<Health>,
 }
 
-/// Reports an admitted call's outcome to the breaker exactly once, also
-/// when the caller drops the call (then as a failure, so a half-open probe
-/// is never left hanging).
+/// Reports an admitted call's outcome to the breaker exactly once. A call
+/// its caller drops (a hedged read that lost, a straggler left behind by a
+/// write quorum) says nothing about the peer while the breaker is closed,
+/// so it counts for nothing then; only an unfinished half-open probe counts
+/// as a failure, so the probe is never left hanging.
 struct CallGuard<'a> {
     peer: &'a PeerShared,
     reported: bool,
@@ -306,7 +336,7 @@ impl CallGuard<'_> {
 
 impl Drop for CallGuard<'_> {
     fn drop(&mut self) {
-        if !self.reported {
+        if !self.reported && lock(&self.peer.breaker).state() != BreakerState::Closed {
             self.peer.on_call(true);
         }
     }

@@ -42,6 +42,7 @@ fn main() -> ExitCode {
         "cluster" => setup::ensure().and_then(|()| cluster(rest)),
         "bench-rpc" => setup::ensure().and_then(|()| node_bench("rpc", rest)),
         "bench-locks" => setup::ensure().and_then(|()| node_bench("locks", rest)),
+        "bench-s3" => setup::ensure().and_then(|()| node_bench("s3", rest)),
         "fuzz-rpc" => fuzz_rpc(rest),
         "help" | "-h" | "--help" => {
             usage();
@@ -80,6 +81,8 @@ fn usage() {
          \n                   remote vs local 4 KiB reads and shard writes; dead-peer detection over power-offs\
          \n  bench-locks [--rounds N --locks N]\
          \n                   quorum-lock latency healthy vs one node of four off; owner power-off to lock free\
+         \n  bench-s3 [--rounds N --size-mib N]\
+         \n                   1 GiB S3 PUT/GET healthy vs node4 off, io_uring vs tokio-fs disks, detection, IAM latency\
          \n  fuzz-rpc [--seconds N]  each node-RPC cargo-fuzz target for N s (default 60; needs nightly + cargo-fuzz)\
          \n  cluster up|status|poweroff NODE|poweron NODE|kill NODE|restart NODE|logs NODE|down\
          \n                   setup, then the cluster harness CLI (`cargo xtask cluster --help`)"

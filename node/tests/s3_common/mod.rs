@@ -56,7 +56,7 @@ pub struct S3Cluster {
     pub c: Cluster,
     /// One cluster at a time per test binary: the bounds the tests assert
     /// assume the machine is not also running another 1 GiB upload.
-    _serial: std::sync::MutexGuard<'static, ()>,
+    _serial: Option<std::sync::MutexGuard<'static, ()>>,
 }
 
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -83,8 +83,27 @@ pub fn node_command() -> NodeCommand {
 impl S3Cluster {
     /// Start 4 nodes × 4 disks (2 sets of 4+4) and make the test user.
     pub fn start(image: u64) -> S3Cluster {
-        require();
+        S3Cluster::start_with(image, &[])
+    }
+
+    /// [`start`](Self::start) with extra `serve` arguments.
+    pub fn start_with(image: u64, serve_args: &[&str]) -> S3Cluster {
         let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        S3Cluster::launch(image, serve_args, Some(serial))
+    }
+
+    /// Another cluster beside one this process runs already (benchmarks
+    /// that interleave two backends).
+    pub fn second(image: u64, serve_args: &[&str]) -> S3Cluster {
+        S3Cluster::launch(image, serve_args, None)
+    }
+
+    fn launch(
+        image: u64,
+        serve_args: &[&str],
+        serial: Option<std::sync::MutexGuard<'static, ()>>,
+    ) -> S3Cluster {
+        require();
         let mut spec = ClusterSpec::with_shape(4, 4);
         spec.set_size = 8;
         spec.parity = 4;
@@ -98,7 +117,8 @@ impl S3Cluster {
             attempt_ms: 250,
         };
         spec.timeouts.ready = Duration::from_secs(60);
-        let c = Cluster::start(spec, node_command()).expect("start the cluster");
+        let c = Cluster::start(spec, node_command().args(serve_args.iter().copied()))
+            .expect("start the cluster");
         let s = S3Cluster { c, _serial: serial };
         // Lockers grant nothing for a TTL after their start (a restarted
         // locker forgot leases its holders still count on), so the first
@@ -241,11 +261,7 @@ impl S3Cluster {
                 let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
                     .expect("connect to the ops port");
                 s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-                write!(
-                    s,
-                    "GET {path} HTTP/1.1\r\nHost: node\r\nConnection: close\r\n\r\n"
-                )
-                .unwrap();
+                write!(s, "GET {path} HTTP/1.0\r\nHost: node\r\n\r\n").unwrap();
                 let mut buf = String::new();
                 s.read_to_string(&mut buf).expect("read the reply");
                 let status = buf
