@@ -76,6 +76,11 @@ pub struct NodeOptions {
     pub scan_budget: Duration,
     /// How long the scanner waits for a set's scan lock.
     pub scan_lock_wait: Duration,
+    /// A scan for a peer that came back waits at most this long for every
+    /// disk to be online again.
+    pub scan_online_wait: Duration,
+    /// Pause before scanning again after a scan that could not heal all.
+    pub scan_retry: Duration,
 }
 
 impl NodeOptions {
@@ -102,6 +107,8 @@ impl NodeOptions {
             scan_interval: Duration::from_secs(300),
             scan_budget: Duration::from_secs(600),
             scan_lock_wait: Duration::from_secs(2),
+            scan_online_wait: Duration::from_secs(30),
+            scan_retry: Duration::from_secs(10),
         }
     }
 }

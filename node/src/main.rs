@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use disk_io_iam::{Policy, Status};
-use disk_io_node::admin::{admin_call, AdminReply, AdminRequest, ClusterView};
+use disk_io_node::admin::{admin_call, AdminErrorKind, AdminReply, AdminRequest, ClusterView};
 use disk_io_node::NodeOptions;
 use disk_io_rpc::{ClusterConfig, Peer, RpcConfig};
 
@@ -155,6 +155,8 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Plain text in log files (the harness, journald), colour on a terminal.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -275,6 +277,11 @@ async fn admin(args: AdminArgs) -> ExitCode {
             }
         };
         match admin_call(&peer, &req, args.timeout).await {
+            // A node still starting cannot answer for the cluster: the next may.
+            Ok(AdminReply::Error {
+                kind: AdminErrorKind::NotReady,
+                message,
+            }) => eprintln!("disk-io-node admin: {}: {message}", n.name),
             Ok(reply) => return print_reply(&reply, args.json),
             Err(e) => eprintln!("disk-io-node admin: {e}"),
         }

@@ -73,6 +73,8 @@ pub struct ObjectsConfig {
     pub get_buffer: usize,
     /// Largest multipart manifest accepted.
     pub max_manifest: usize,
+    /// Part lookups in flight while an upload completes.
+    pub complete_concurrency: usize,
 }
 
 impl Default for ObjectsConfig {
@@ -86,6 +88,7 @@ impl Default for ObjectsConfig {
             max_parts: 10_000,
             get_buffer: 1 << 20,
             max_manifest: 4 << 20,
+            complete_concurrency: 32,
         }
     }
 }
@@ -716,10 +719,16 @@ impl ObjectLayer {
         if parts.windows(2).any(|w| w[0].0 >= w[1].0) {
             return Err(ObjectError::InvalidPartOrder);
         }
-        let stats = futures_util::future::join_all(parts.iter().map(|(n, _)| {
-            let name = part_name(id, *n);
-            async move { (self.stat(MULTIPART_BUCKET, &name, d).await, name) }
-        }))
+        // Bounded fan-out: each stat is a quorum read on one set.
+        use futures_util::StreamExt;
+        let names: Vec<String> = parts.iter().map(|(n, _)| part_name(id, *n)).collect();
+        let stats: Vec<_> = futures_util::stream::iter(
+            names
+                .into_iter()
+                .map(|name| async move { (self.stat(MULTIPART_BUCKET, &name, d).await, name) }),
+        )
+        .buffered(self.cfg.complete_concurrency)
+        .collect()
         .await;
         let mut manifest = Manifest {
             upload: id.to_string(),
@@ -770,19 +779,36 @@ impl ObjectLayer {
             .set_for(bucket, key)
             .put_object_with(bucket, key, &mut bytes.as_slice(), opts, d)
             .await?;
-        // The upload is closed; parts uploaded but not listed go.
-        let listed: std::collections::HashSet<&str> =
-            manifest.parts.iter().map(|p| p.name.as_str()).collect();
-        let mut gone: Vec<String> = self
-            .upload_entries(id, d)
+        // Close the upload before answering: once its record is gone no
+        // retried Complete, Abort or UploadPart can touch the parts the
+        // manifest now names.
+        let info_name = format!("{}/info", upload_dir(id));
+        let cleanup = Deadline::after(self.cfg.meta_budget);
+        match self
+            .sets
+            .set_for(MULTIPART_BUCKET, &info_name)
+            .delete_object(MULTIPART_BUCKET, &info_name, cleanup)
             .await
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|n| !listed.contains(n.as_str()))
-            .collect();
+        {
+            Ok(()) | Err(ErasureError::ObjectNotFound) => {}
+            Err(e) => tracing::warn!(upload = %id, error = %e, "upload record not deleted"),
+        }
+        // Parts uploaded but not listed go; so do the parts of the object
+        // this one replaced, unless this manifest names them too (a
+        // retried Complete of the same upload).
+        let listed: std::collections::HashSet<String> =
+            manifest.parts.iter().map(|p| p.name.clone()).collect();
+        let mut gone: Vec<String> = match self.upload_entries(id, cleanup).await {
+            Ok(names) => names,
+            Err(e) => {
+                tracing::warn!(upload = %id, error = %e, "unlisted parts not collected");
+                Vec::new()
+            }
+        };
         if let Some(m) = previous {
             gone.extend(m.parts.into_iter().map(|p| p.name));
         }
+        gone.retain(|n| !listed.contains(n) && *n != info_name);
         self.spawn_delete_parts(gone);
         Ok(etag)
     }
@@ -864,6 +890,11 @@ impl ObjectLayer {
             return Ok(out);
         }
         let after = after.unwrap_or("");
+        // No stored key has an empty component: a prefix with one matches
+        // nothing.
+        if prefix.starts_with('/') || prefix.contains("//") {
+            return Ok(out);
+        }
         let (base, filter) = match prefix.rsplit_once('/') {
             Some((b, f)) => (b.to_string(), f.to_string()),
             None => (String::new(), prefix.to_string()),
@@ -871,31 +902,27 @@ impl ObjectLayer {
         if !base.is_empty() && disk_io_erasure::check_object_name(&base).is_err() {
             return Ok(out);
         }
-        // Pending items, largest first (pop gives the smallest).
+        let keep = Keep { after, roll_up };
+        // Pending items, largest first (pop gives the smallest); only items
+        // that can still yield something past `after` are pushed, so every
+        // pop costs I/O and moves the listing forward.
         let mut stack: Vec<Item> = Vec::new();
         let mut visited = 0usize;
-        push_children(
-            &mut stack,
-            &base,
-            self.list_dir(bucket, &base, d).await?,
-            &filter,
-        );
+        let top = self.list_dir(bucket, &base, d).await?;
+        push_children(&mut stack, &base, top, &filter, &keep);
+        // The last item fully handled: every page ends past it.
         let mut last = String::new();
         while let Some(item) = stack.pop() {
             if out.objects.len() + out.prefixes.len() >= max_keys
                 || visited >= self.cfg.list_visit_limit
             {
-                // Stopped with items left: the next page starts after the
-                // last thing this one returned or skipped.
-                out.next_token = Some(last.max(after.to_string()));
+                debug_assert!(!last.is_empty(), "a page stopped before handling anything");
+                out.next_token = Some(last);
                 return Ok(out);
             }
             visited += 1;
             match item {
                 Item::Key(k) => {
-                    if k.as_str() <= after {
-                        continue;
-                    }
                     match self.stat(bucket, &k, d).await {
                         Ok(info) => {
                             out.objects.push(ListedObject {
@@ -909,28 +936,40 @@ impl ObjectLayer {
                     last = k;
                 }
                 Item::Tree(p) => {
-                    // Everything below `p` sorts at or before `after`, or
-                    // (rolled up) `p` itself was returned already.
-                    if p.as_str() <= after && (roll_up || !after.starts_with(&p)) {
-                        continue;
-                    }
                     let dir = &p[..p.len() - 1];
                     let children = self.list_dir(bucket, dir, d).await?;
-                    if children.is_empty() {
-                        continue;
-                    }
                     if roll_up {
-                        if p.as_str() > after {
+                        if !children.is_empty() {
                             out.prefixes.push(p.clone());
-                            last = p;
                         }
                     } else {
-                        push_children(&mut stack, dir, children, "");
+                        push_children(&mut stack, dir, children, "", &keep);
                     }
+                    last = p;
                 }
             }
         }
         Ok(out)
+    }
+}
+
+/// Which pending items can still yield something after `after`.
+struct Keep<'a> {
+    after: &'a str,
+    roll_up: bool,
+}
+
+impl Keep<'_> {
+    fn keeps(&self, item: &Item) -> bool {
+        match item {
+            Item::Key(k) => k.as_str() > self.after,
+            // A directory whose keys all sort at or before `after` goes;
+            // rolled up, one `after` names itself was returned already.
+            Item::Tree(p) => {
+                p.as_str() > self.after
+                    || (self.after.starts_with(p.as_str()) && (!self.roll_up || self.after != p))
+            }
+        }
     }
 }
 
@@ -953,7 +992,13 @@ impl Item {
 /// stack sorted largest first. Every entry may be an object (`dir/e`) and
 /// a directory (`dir/e/`); ordering both by their text gives S3's byte
 /// order of keys, since every key below `dir/e/` starts with it.
-fn push_children(stack: &mut Vec<Item>, dir: &str, entries: Vec<String>, filter: &str) {
+fn push_children(
+    stack: &mut Vec<Item>,
+    dir: &str,
+    entries: Vec<String>,
+    filter: &str,
+    keep: &Keep<'_>,
+) {
     let mut items: Vec<Item> = Vec::with_capacity(entries.len() * 2);
     for e in entries.into_iter().filter(|e| e.starts_with(filter)) {
         let full = if dir.is_empty() {
@@ -964,6 +1009,7 @@ fn push_children(stack: &mut Vec<Item>, dir: &str, entries: Vec<String>, filter:
         items.push(Item::Tree(format!("{full}/")));
         items.push(Item::Key(full));
     }
+    items.retain(|i| keep.keeps(i));
     items.sort_by(|a, b| b.text().cmp(a.text()));
     // Everything already on the stack sorts after this directory's items
     // (they came from a later sibling), so appending keeps the order.
@@ -1076,7 +1122,17 @@ mod tests {
     #[test]
     fn children_sort_in_s3_key_order() {
         let mut st = Vec::new();
-        push_children(&mut st, "d", vec!["a".into(), "a-c".into(), "b".into()], "");
+        let keep = Keep {
+            after: "",
+            roll_up: false,
+        };
+        push_children(
+            &mut st,
+            "d",
+            vec!["a".into(), "a-c".into(), "b".into()],
+            "",
+            &keep,
+        );
         // "d/a" < "d/a-c" < "d/a/" ('-' is below '/') < "d/b" < "d/b/".
         assert_eq!(drain(st), ["d/a", "d/a-c", "d/a-c/", "d/a/", "d/b", "d/b/"]);
     }
@@ -1084,7 +1140,68 @@ mod tests {
     #[test]
     fn filter_keeps_matching_entries() {
         let mut st = Vec::new();
-        push_children(&mut st, "", vec!["ab".into(), "b".into()], "a");
+        let keep = Keep {
+            after: "",
+            roll_up: false,
+        };
+        push_children(&mut st, "", vec!["ab".into(), "b".into()], "a", &keep);
         assert_eq!(drain(st), ["ab", "ab/"]);
+    }
+
+    #[test]
+    fn items_at_or_before_the_token_are_not_pushed() {
+        let entries = || vec!["a".to_string(), "b".to_string(), "c".to_string()];
+        // A key token: its own directory may still hold later keys.
+        let mut st = Vec::new();
+        push_children(
+            &mut st,
+            "",
+            entries(),
+            "",
+            &Keep {
+                after: "b",
+                roll_up: false,
+            },
+        );
+        assert_eq!(drain(st), ["b/", "c", "c/"]);
+        // Rolled up, a prefix token was returned already.
+        let mut st = Vec::new();
+        push_children(
+            &mut st,
+            "",
+            entries(),
+            "",
+            &Keep {
+                after: "b/",
+                roll_up: true,
+            },
+        );
+        assert_eq!(drain(st), ["c", "c/"]);
+        // Not rolled up, a directory token is descended into again.
+        let mut st = Vec::new();
+        push_children(
+            &mut st,
+            "",
+            entries(),
+            "",
+            &Keep {
+                after: "b/",
+                roll_up: false,
+            },
+        );
+        assert_eq!(drain(st), ["b/", "c", "c/"]);
+        // A start-after inside a prefix keeps the prefix.
+        let mut st = Vec::new();
+        push_children(
+            &mut st,
+            "",
+            entries(),
+            "",
+            &Keep {
+                after: "a/x",
+                roll_up: true,
+            },
+        );
+        assert_eq!(drain(st), ["a/", "b", "b/", "c", "c/"]);
     }
 }

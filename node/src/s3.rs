@@ -511,6 +511,8 @@ impl S3Front {
             .await
             .map_err(to_s3)?;
         let (range, content_range) = match i.range {
+            // Nothing to cut out of an empty object: all of it, 200.
+            _ if head.size == 0 => (0..0, None),
             None => (0..head.size, None),
             Some(r) => {
                 let rg = r.check(head.size)?;

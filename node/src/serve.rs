@@ -177,7 +177,17 @@ pub async fn serve(
         peers,
         stop_rx.clone(),
     ));
-    shutdown.await;
+    // A bootstrap that fails for good (a bad config, the S3 port taken)
+    // ends the process with its error instead of leaving it unready.
+    let mut boot = boot;
+    let failed = tokio::select! {
+        _ = shutdown => None,
+        r = &mut boot => Some(match r {
+            Ok(Ok(())) => anyhow!("the S3 server stopped"),
+            Ok(Err(e)) => e,
+            Err(e) => anyhow!("bootstrap task: {e}"),
+        }),
+    };
     let _ = stop_tx.send(true);
     boot.abort();
     sweeper.abort();
@@ -188,7 +198,10 @@ pub async fn serve(
         Ok(r) => r?,
         Err(e) => return Err(anyhow!("RPC server task: {e}")),
     }
-    Ok(())
+    match failed {
+        Some(e) => Err(e.context("bootstrap")),
+        None => Ok(()),
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -345,43 +358,65 @@ fn count_healed(node: &Node, n: usize) {
     }
 }
 
-/// Every `scan_interval`, and at once when a peer's breaker closes after
-/// being open: for each set whose scan lock this node gets, scan every
-/// bucket.
+/// Every `scan_interval`, and soon after a peer that was away comes back:
+/// for each set whose scan lock this node gets, scan every bucket. A scan
+/// for a returning peer waits until every disk is online again (at most
+/// `scan_online_wait`: healing while its disks still probe would skip
+/// them), and one that could not heal everything is tried again after
+/// `scan_retry`.
 async fn scanner(node: Arc<Node>, opts: NodeOptions, mut stop: tokio::sync::watch::Receiver<bool>) {
     let Some(ready) = node.ready.get() else {
         return;
     };
     let mut last_scan = Instant::now();
-    let mut was_open: Vec<bool> = node.peers.iter().map(|_| false).collect();
-    let mut pending = true; // a scan right after start covers a restart
+    // The breakers' open counts: a peer away for less than one poll still
+    // moves its count.
+    let mut opens: Vec<u64> = node.peers.iter().map(|p| p.breaker_opened()).collect();
+    let mut pending = Some(Instant::now()); // a scan right after start covers a restart
     loop {
         tokio::select! {
             _ = crate::http::stopped(&mut stop) => return,
             _ = tokio::time::sleep(opts.peer_watch) => {}
         }
+        let mut down = false;
         for (i, p) in node.peers.iter().enumerate() {
-            let open = p.breaker_state() != BreakerState::Closed;
-            if was_open[i] && !open {
-                tracing::info!(peer = %p.name(), "peer back; scanning for what it missed");
-                pending = true;
+            let n = p.breaker_opened();
+            if n != opens[i] {
+                opens[i] = n;
+                pending.get_or_insert_with(Instant::now);
             }
-            was_open[i] = open;
+            down |= p.breaker_state() != BreakerState::Closed;
         }
-        if !pending && last_scan.elapsed() < opts.scan_interval {
+        let due = last_scan.elapsed() >= opts.scan_interval;
+        let Some(since) = pending.or(due.then(Instant::now)) else {
             continue;
-        }
-        if was_open.iter().any(|o| *o) {
+        };
+        if down {
             // A peer is still down: healing now would skip its disks.
             continue;
         }
-        pending = false;
+        let online = ready.sets.sets().iter().all(|s| {
+            s.disks()
+                .iter()
+                .all(|d| d.state() == disk_io::HealthState::Online)
+        });
+        if !online && since.elapsed() < opts.scan_online_wait {
+            continue;
+        }
         last_scan = Instant::now();
-        scan_all(&node, ready, &opts).await;
+        let complete = scan_all(&node, ready, &opts).await;
+        if !complete {
+            tokio::select! {
+                _ = crate::http::stopped(&mut stop) => return,
+                _ = tokio::time::sleep(opts.scan_retry) => {}
+            }
+        }
+        pending = (!complete).then(Instant::now);
     }
 }
 
-async fn scan_all(node: &Node, ready: &Ready, opts: &NodeOptions) {
+/// Whether every set was scanned and every object healed.
+async fn scan_all(node: &Node, ready: &Ready, opts: &NodeOptions) -> bool {
     let buckets = match ready
         .sets
         .list_buckets(Deadline::after(opts.scan_budget))
@@ -390,9 +425,10 @@ async fn scan_all(node: &Node, ready: &Ready, opts: &NodeOptions) {
         Ok(b) => b,
         Err(e) => {
             tracing::warn!(error = %e, "scan: listing buckets failed");
-            return;
+            return false;
         }
     };
+    let mut complete = true;
     for set in ready.sets.sets() {
         let resource = format!("diskio/scan/set-{}", set.index());
         let guard = match ready
@@ -413,11 +449,13 @@ async fn scan_all(node: &Node, ready: &Ready, opts: &NodeOptions) {
         for (b, _) in &buckets {
             let rep = set.scan(b, Deadline::after(opts.scan_budget)).await;
             count_healed(node, rep.healed);
-            if rep.healed > 0 || rep.failed > 0 {
-                tracing::info!(set = set.index(), bucket = %b, objects = rep.objects, healed = rep.healed, failed = rep.failed, "scan");
+            if rep.healed > 0 || rep.failed > 0 || rep.truncated {
+                tracing::info!(set = set.index(), bucket = %b, objects = rep.objects, healed = rep.healed, failed = rep.failed, truncated = rep.truncated, "scan");
             }
+            complete &= rep.failed == 0 && !rep.truncated;
         }
         drop(guard);
         node.scans.fetch_add(1, Ordering::Relaxed);
     }
+    complete
 }

@@ -56,7 +56,11 @@ fn test1_node_power_off_is_seen_within_a_second_and_survivors_restart() {
     let dir = scratch();
     let file = dir.path().join("up.bin");
     let sum = random_file(&file, 256 << 20, 1);
-    let out = s.aws("node1", &["s3", "mb", "s3://t1"], Duration::from_secs(30));
+    let out = s.aws(
+        "node1",
+        &["s3", "mb", "s3://test1"],
+        Duration::from_secs(30),
+    );
     assert!(out.status.success(), "mb: {}", text(&out));
 
     let mut up = s.s3io(
@@ -64,7 +68,7 @@ fn test1_node_power_off_is_seen_within_a_second_and_survivors_restart() {
         &[
             "put",
             file.to_str().unwrap(),
-            "t1",
+            "test1",
             "big",
             "--part-size",
             "16777216",
@@ -85,7 +89,7 @@ fn test1_node_power_off_is_seen_within_a_second_and_survivors_restart() {
 
     // The survivors keep serving: the object reads back through another node.
     let got = dir.path().join("got.bin");
-    let r = s.s3io("node2", &["get", "t1", "big", got.to_str().unwrap()]);
+    let r = s.s3io("node2", &["get", "test1", "big", got.to_str().unwrap()]);
     let r = r.finish(Duration::from_secs(300));
     json_done(&r, "GET with node4 off");
     assert_eq!(
@@ -127,7 +131,12 @@ fn test1_node_power_off_is_seen_within_a_second_and_survivors_restart() {
     random_file(&small, 1 << 20, 2);
     let out = s.aws(
         "node1",
-        &["s3", "cp", small.to_str().unwrap(), "s3://t1/after-restart"],
+        &[
+            "s3",
+            "cp",
+            small.to_str().unwrap(),
+            "s3://test1/after-restart",
+        ],
         Duration::from_secs(30),
     );
     assert!(
@@ -221,7 +230,7 @@ fn test2_iam_operations_during_a_power_off_complete_fast() {
         "node3",
         "fresh",
         "fresh-secret-key-0123",
-        &["s3", "mb", "s3://t2"],
+        &["s3", "mb", "s3://test2"],
     );
     assert!(out.status.success(), "new user's mb: {}", text(&out));
     let out = s.aws_as("node3", "after", "after-secret-key-0123", &["s3", "ls"]);
@@ -310,7 +319,11 @@ fn find_metas(root: &std::path::Path) -> Vec<std::path::PathBuf> {
 fn test3_uploads_complete_through_a_power_off_and_heal_after() {
     let mut s = S3Cluster::start(640 << 20);
     let dir = scratch();
-    let out = s.aws("node1", &["s3", "mb", "s3://t3"], Duration::from_secs(30));
+    let out = s.aws(
+        "node1",
+        &["s3", "mb", "s3://test3"],
+        Duration::from_secs(30),
+    );
     assert!(out.status.success(), "mb: {}", text(&out));
     let small = dir.path().join("small.bin");
     let small_sum = random_file(&small, 1 << 20, 3);
@@ -320,7 +333,7 @@ fn test3_uploads_complete_through_a_power_off_and_heal_after() {
         let file = dir.path().join(format!("{mode}.bin"));
         let sum = random_file(&file, 1 << 30, 10 + i as u64);
         let key = format!("{mode}-1g");
-        let mut args = vec!["put", file.to_str().unwrap(), "t3", key.as_str()];
+        let mut args = vec!["put", file.to_str().unwrap(), "test3", key.as_str()];
         if mode == "single" {
             args.push("--single");
         }
@@ -338,7 +351,7 @@ fn test3_uploads_complete_through_a_power_off_and_heal_after() {
                 "s3",
                 "cp",
                 small.to_str().unwrap(),
-                &format!("s3://t3/{new_key}"),
+                &format!("s3://test3/{new_key}"),
             ],
             Duration::from_secs(60),
         );
@@ -358,7 +371,7 @@ fn test3_uploads_complete_through_a_power_off_and_heal_after() {
         for (k, want) in &sums {
             let got = dir.path().join("got.bin");
             let r = s
-                .s3io("node3", &["get", "t3", k, got.to_str().unwrap()])
+                .s3io("node3", &["get", "test3", k, got.to_str().unwrap()])
                 .finish(Duration::from_secs(600));
             json_done(&r, k);
             assert_eq!(r["sha256"].as_str(), Some(want.as_str()), "{k} differs");

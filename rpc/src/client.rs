@@ -59,6 +59,8 @@ struct PeerShared {
     addr: SocketAddr,
     secret: Vec<u8>,
     cfg: RpcConfig,
+    /// The runtime of `Peer::new`'s caller: data connections live there.
+    runtime: tokio::runtime::Handle,
     data: Mutex<Channel>,
     breaker: Mutex<Breaker>,
     disks: Mutex<Vec<Weak<Health>>>,
@@ -98,7 +100,10 @@ impl PeerShared {
             }
         }
         if before == BreakerState::Open && after != BreakerState::Open {
-            // The old data connection died with the peer; start afresh.
+            // The old data connection died with the peer; start afresh, on
+            // the caller's runtime (this may run on the heartbeat thread,
+            // whose one-thread runtime must not carry the data connection).
+            let _rt = self.runtime.enter();
             if let Ok(c) = channel(self.addr, &self.cfg) {
                 *lock(&self.data) = c;
             }
@@ -221,7 +226,8 @@ impl Drop for Peer {
 impl Peer {
     /// A peer called `name` at `addr`. Connects lazily (the first call, or
     /// the first heartbeat, dials). Must be called inside a tokio runtime,
-    /// which runs the heartbeat task (outside one: `InvalidArgument`).
+    /// which carries the data connection (outside one: `InvalidArgument`);
+    /// heartbeats run on a thread of their own.
     pub fn new(name: &str, addr: SocketAddr, secret: &[u8], cfg: RpcConfig) -> Result<Arc<Peer>> {
         cfg.check()
             .map_err(|reason| DiskError::InvalidArgument { reason })?;
@@ -241,25 +247,23 @@ impl Peer {
             heartbeats_ok: AtomicU64::new(0),
             heartbeats_missed: AtomicU64::new(0),
             cfg: cfg.clone(),
+            runtime,
         });
-        drop(runtime);
         // Heartbeats run on their own thread and runtime: a node whose
         // runtime is saturated by a multi-GiB transfer still sends and
         // reads them on time, so a live peer is not taken for dead
         // because this side was too busy to notice its answers.
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (weak, flag) = (Arc::downgrade(&shared), stop.clone());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| DiskError::InvalidArgument {
+                reason: format!("a runtime for the heartbeats: {e}"),
+            })?;
         std::thread::Builder::new()
             .name(format!("diskio-hb-{name}"))
-            .spawn(move || {
-                match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(rt) => rt.block_on(liveness(weak, cfg, addr, flag)),
-                    Err(e) => tracing::error!(error = %e, "no runtime for heartbeats"),
-                }
-            })
+            .spawn(move || rt.block_on(liveness(weak, cfg, addr, flag)))
             .map_err(|e| DiskError::InvalidArgument {
                 reason: format!("starting the heartbeat thread: {e}"),
             })?;
