@@ -47,6 +47,8 @@ pub struct ErasureConfig {
     pub max_user_meta: usize,
     /// Entries one scanner pass visits at most.
     pub scan_max_entries: usize,
+    /// Objects one scanner pass heals at once.
+    pub scan_heal_concurrency: usize,
     /// Budget for healing one object popped from the heal queue.
     pub heal_object_budget: Duration,
     /// How long the healer waits on an empty queue before looking again
@@ -74,6 +76,7 @@ impl Default for ErasureConfig {
             max_meta_size: 1 << 20,
             max_user_meta: 8 << 10,
             scan_max_entries: 100_000,
+            scan_heal_concurrency: 4,
             heal_object_budget: Duration::from_secs(60),
             healer_poll: Duration::from_secs(1),
             tmp_max_age: Duration::from_secs(3600),
@@ -125,6 +128,9 @@ impl ErasureConfig {
         }
         if self.max_user_meta > self.max_meta_size / 2 {
             return bad("max_user_meta", "must be <= max_meta_size / 2");
+        }
+        if self.scan_heal_concurrency == 0 || self.scan_heal_concurrency > 256 {
+            return bad("scan_heal_concurrency", "must be in 1 ..= 256");
         }
         if self.scan_max_entries == 0 {
             return bad("scan_max_entries", "must be > 0");

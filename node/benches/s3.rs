@@ -85,31 +85,11 @@ fn seen_dead(s: &S3Cluster, since: Instant) -> Duration {
     }
 }
 
-/// Power node4 on and wait until every set has all its disks again and
-/// the survivors scanned (healed) after its return.
+/// Power node4 on and wait until it is healed.
 fn power_on_and_heal(s: &mut S3Cluster) {
-    let before: u64 = ["node1", "node2", "node3"]
-        .iter()
-        .filter_map(|n| s.status(n, Duration::from_secs(2)).ok())
-        .map(|v| v.scans)
-        .sum();
+    let since = now_ms();
     s.c.poweron("node4").expect("power on node4");
-    let t0 = Instant::now();
-    loop {
-        let views: Vec<_> = ["node1", "node2", "node3"]
-            .iter()
-            .filter_map(|n| s.status(n, Duration::from_secs(2)).ok())
-            .collect();
-        let scans: u64 = views.iter().map(|v| v.scans).sum();
-        let online = views
-            .iter()
-            .all(|v| v.sets.iter().all(|x| x.online == x.disks.len()));
-        if online && scans >= before + 2 {
-            return;
-        }
-        assert!(t0.elapsed() < Duration::from_secs(300), "node4 not healed");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    s.wait_healed(since, Duration::from_secs(300));
 }
 
 fn median(v: &[f64]) -> f64 {

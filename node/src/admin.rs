@@ -134,6 +134,9 @@ pub struct SetView {
     pub write_quorum: usize,
     /// Read quorum.
     pub read_quorum: usize,
+    /// When (Unix ms) the last scan of this set by the answering node that
+    /// healed everything it found started; none yet.
+    pub scanned_ms: Option<u64>,
 }
 
 /// The cluster as one node sees it.
@@ -189,6 +192,7 @@ pub fn cluster_view(
     sets: Option<&disk_io_erasure::ErasureSets>,
     healed: u64,
     scans: u64,
+    scanned_ms: &[Option<u64>],
 ) -> ClusterView {
     let nodes = nodes
         .iter()
@@ -234,6 +238,7 @@ pub fn cluster_view(
                         disks,
                         write_quorum: set.write_quorum(),
                         read_quorum: set.read_quorum(),
+                        scanned_ms: scanned_ms.get(set.index()).copied().flatten(),
                     }
                 })
                 .collect(),

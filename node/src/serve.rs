@@ -47,6 +47,8 @@ pub struct Node {
     ready_flag: AtomicBool,
     healed: AtomicU64,
     scans: AtomicU64,
+    /// Per set: start (Unix ms) of this node's last complete scan.
+    scanned_ms: std::sync::Mutex<Vec<Option<u64>>>,
     iam_listener: OnceLock<IamListener>,
 }
 
@@ -67,6 +69,7 @@ impl NodeState for Node {
             self.ready.get().map(|r| r.sets.as_ref()),
             self.healed.load(Ordering::Relaxed),
             self.scans.load(Ordering::Relaxed),
+            &self.scanned_ms.lock().unwrap_or_else(|e| e.into_inner()),
         )
     }
 
@@ -121,6 +124,7 @@ pub async fn serve(
         ready_flag: AtomicBool::new(false),
         healed: AtomicU64::new(0),
         scans: AtomicU64::new(0),
+        scanned_ms: std::sync::Mutex::new(Vec::new()),
         iam_listener: OnceLock::new(),
     });
     metrics::gauge!(NODE_READY).set(0.0);
@@ -392,7 +396,11 @@ async fn scanner(node: Arc<Node>, opts: NodeOptions, mut stop: tokio::sync::watc
             continue;
         };
         if down {
-            // A peer is still down: healing now would skip its disks.
+            // A peer is still down: healing now would skip its disks. The
+            // wait for its disks to be online starts when it is back.
+            if pending.is_some() {
+                pending = Some(Instant::now());
+            }
             continue;
         }
         let online = ready.sets.sets().iter().all(|s| {
@@ -404,7 +412,11 @@ async fn scanner(node: Arc<Node>, opts: NodeOptions, mut stop: tokio::sync::watc
             continue;
         }
         last_scan = Instant::now();
-        let complete = scan_all(&node, ready, &opts).await;
+        // A scan for a returning peer looks for what it missed (metadata
+        // and shard files, without reading every shard); the periodic one
+        // reads and verifies everything (bitrot).
+        let deep = pending.is_none();
+        let complete = scan_all(&node, ready, &opts, deep).await;
         if !complete {
             tokio::select! {
                 _ = crate::http::stopped(&mut stop) => return,
@@ -416,7 +428,7 @@ async fn scanner(node: Arc<Node>, opts: NodeOptions, mut stop: tokio::sync::watc
 }
 
 /// Whether every set was scanned and every object healed.
-async fn scan_all(node: &Node, ready: &Ready, opts: &NodeOptions) -> bool {
+async fn scan_all(node: &Node, ready: &Ready, opts: &NodeOptions, deep: bool) -> bool {
     let buckets = match ready
         .sets
         .list_buckets(Deadline::after(opts.scan_budget))
@@ -446,16 +458,30 @@ async fn scan_all(node: &Node, ready: &Ready, opts: &NodeOptions) -> bool {
                 continue;
             }
         };
+        let started_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let mut set_complete = true;
         for (b, _) in &buckets {
-            let rep = set.scan(b, Deadline::after(opts.scan_budget)).await;
+            let rep = set
+                .scan_with(b, deep, Deadline::after(opts.scan_budget))
+                .await;
             count_healed(node, rep.healed);
-            if rep.healed > 0 || rep.failed > 0 || rep.truncated {
-                tracing::info!(set = set.index(), bucket = %b, objects = rep.objects, healed = rep.healed, failed = rep.failed, truncated = rep.truncated, "scan");
+            if rep.healed > 0 || rep.failed > 0 || rep.skipped > 0 || rep.truncated {
+                tracing::info!(set = set.index(), bucket = %b, objects = rep.objects, healed = rep.healed, failed = rep.failed, skipped = rep.skipped, truncated = rep.truncated, "scan");
             }
-            complete &= rep.failed == 0 && !rep.truncated;
+            set_complete &= rep.failed == 0 && rep.skipped == 0 && !rep.truncated;
         }
         drop(guard);
         node.scans.fetch_add(1, Ordering::Relaxed);
+        complete &= set_complete;
+        if set_complete {
+            let mut at = node.scanned_ms.lock().unwrap_or_else(|e| e.into_inner());
+            if at.len() <= set.index() {
+                at.resize(set.index() + 1, None);
+            }
+            at[set.index()] = Some(started_ms);
+        }
     }
     complete
 }

@@ -132,6 +132,8 @@ pub struct ScanReport {
     pub healed: usize,
     /// Objects whose heal failed.
     pub failed: usize,
+    /// Objects with a disk that could not be checked (unavailable).
+    pub skipped: usize,
     /// Whether the pass stopped early (entry bound or deadline).
     pub truncated: bool,
 }

@@ -13,7 +13,22 @@ impl ErasureSet {
         name: &str,
         deadline: Deadline,
     ) -> Result<HealReport, ErasureError> {
+        self.heal_object_with(bucket, name, true, deadline).await
+    }
+
+    /// [`heal_object`](Self::heal_object); with `deep` false a copy whose
+    /// metadata matches and whose shard file has the right size counts as
+    /// good without reading it (what a node missed while it was away is
+    /// found at the cost of a stat, not of reading every shard again).
+    pub async fn heal_object_with(
+        &self,
+        bucket: &str,
+        name: &str,
+        deep: bool,
+        deadline: Deadline,
+    ) -> Result<HealReport, ErasureError> {
         let (m, states) = self.read_meta(bucket, name, deadline, true).await?;
+        let expected_size = m.geometry().shard_file_size();
         let n = self.n();
         let shard_file = meta::shard_path(name, m.version);
         let checks = {
@@ -31,6 +46,14 @@ impl ErasureSet {
                                 op: OpClass::ReadAll,
                                 waited: Duration::ZERO,
                             });
+                        }
+                        if !deep && state == MetaState::Match {
+                            let st = disk.stat_file(&b, &f, d).await;
+                            return match st {
+                                Ok(info) => Ok(info.size == expected_size),
+                                Err(DiskError::FileNotFound) => Ok(false),
+                                Err(e) => Err(e),
+                            };
                         }
                         let ok = verify_shard_file(&*disk, &b, &f, &m2, pos, d).await?;
                         Ok(ok && state == MetaState::Match)
@@ -298,9 +321,19 @@ impl ErasureSet {
     /// Walk a bucket and heal every object found on any disk (what the heal
     /// queue missed). Bounded by `scan_max_entries` and `deadline`.
     pub async fn scan(&self, bucket: &str, deadline: Deadline) -> ScanReport {
+        self.scan_with(bucket, true, deadline).await
+    }
+
+    /// [`scan`](Self::scan), healing with [`heal_object_with`](Self::heal_object_with)`(deep)`.
+    pub async fn scan_with(&self, bucket: &str, deep: bool, deadline: Deadline) -> ScanReport {
         let mut report = ScanReport::default();
         let mut dirs: std::collections::VecDeque<String> = [String::new()].into();
         let mut visited = 0usize;
+        // Walk first (bounded by `scan_max_entries`), then heal the objects
+        // found `scan_heal_concurrency` at a time: one object's heal waits
+        // on reads and a rebuild, so healing them one by one leaves the
+        // disks idle.
+        let mut objects = Vec::new();
         while let Some(dir) = dirs.pop_front() {
             if deadline.is_expired() || visited >= self.cfg.scan_max_entries {
                 report.truncated = true;
@@ -312,20 +345,7 @@ impl ErasureSet {
                 entries.extend(es);
             }
             visited += entries.len();
-            if entries.contains(meta::META_FILE) {
-                report.objects += 1;
-                match self.heal_object(bucket, &dir, deadline).await {
-                    Ok(h) => {
-                        report.healed += h.healed.len();
-                        if !h.failed.is_empty() {
-                            report.failed += 1;
-                        }
-                    }
-                    Err(ErasureError::ObjectNotFound) => {}
-                    Err(_) => report.failed += 1,
-                }
-            }
-            for e in entries {
+            for e in &entries {
                 if let Some(child) = e.strip_suffix('/') {
                     dirs.push_back(if dir.is_empty() {
                         child.to_string()
@@ -333,6 +353,30 @@ impl ErasureSet {
                         format!("{dir}/{child}")
                     });
                 }
+            }
+            if entries.contains(meta::META_FILE) {
+                objects.push(dir);
+            }
+        }
+        report.objects = objects.len();
+        let mut heals =
+            futures_util::stream::iter(objects.into_iter().map(|dir| async move {
+                self.heal_object_with(bucket, &dir, deep, deadline).await
+            }))
+            .buffer_unordered(self.cfg.scan_heal_concurrency);
+        while let Some(r) = heals.next().await {
+            match r {
+                Ok(h) => {
+                    report.healed += h.healed.len();
+                    if !h.failed.is_empty() {
+                        report.failed += 1;
+                    }
+                    if !h.skipped.is_empty() {
+                        report.skipped += 1;
+                    }
+                }
+                Err(ErasureError::ObjectNotFound) => {}
+                Err(_) => report.failed += 1,
             }
         }
         report

@@ -251,6 +251,39 @@ impl S3Cluster {
             .map_err(|e| e.to_string())?
     }
 
+    /// After node4 was powered on at `since_ms` (Unix ms, taken before
+    /// `poweron`): wait until every node sees every disk online and every
+    /// set was scanned to completion (all it found healed) by a scan that
+    /// started after `since_ms` (a node scans only once it sees all disks
+    /// online); how long it took.
+    pub fn wait_healed(&self, since_ms: u64, timeout: Duration) -> Duration {
+        let t0 = Instant::now();
+        let nodes = ["node1", "node2", "node3", "node4"];
+        loop {
+            let views: Vec<_> = nodes
+                .iter()
+                .filter_map(|n| self.status(n, Duration::from_secs(2)).ok())
+                .collect();
+            let sets = views.first().map_or(0, |v| v.sets.len());
+            let online = views.len() == nodes.len()
+                && views
+                    .iter()
+                    .all(|v| v.ready && v.sets.iter().all(|x| x.online == x.disks.len()));
+            let scanned = sets > 0
+                && (0..sets).all(|i| {
+                    views
+                        .iter()
+                        .filter_map(|v| v.sets.get(i).and_then(|x| x.scanned_ms))
+                        .any(|at| at >= since_ms)
+                });
+            if online && scanned {
+                return t0.elapsed();
+            }
+            assert!(t0.elapsed() < timeout, "not healed within {timeout:?}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// GET `path` of a node's ops HTTP server: (status, body).
     pub fn http_get(&self, node: &str, path: &str) -> (u16, String) {
         let addr = self.c.node(node).expect("node").http_addr;
@@ -339,6 +372,13 @@ impl Drop for S3io {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Now, in Unix milliseconds (what the cluster view's scan times use).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Run `cmd` to completion within `timeout` (killed after it).
