@@ -49,6 +49,10 @@ pub struct ErasureConfig {
     pub scan_max_entries: usize,
     /// Objects one scanner pass heals at once.
     pub scan_heal_concurrency: usize,
+    /// A copy of an object deleted on a write quorum is purged from a disk
+    /// that still has it once its metadata is at least this old (a younger
+    /// one may be a PUT still writing its metadata).
+    pub leftover_min_age: Duration,
     /// Budget for healing one object popped from the heal queue.
     pub heal_object_budget: Duration,
     /// How long the healer waits on an empty queue before looking again
@@ -77,6 +81,7 @@ impl Default for ErasureConfig {
             max_user_meta: 8 << 10,
             scan_max_entries: 100_000,
             scan_heal_concurrency: 4,
+            leftover_min_age: Duration::from_secs(60),
             heal_object_budget: Duration::from_secs(60),
             healer_poll: Duration::from_secs(1),
             tmp_max_age: Duration::from_secs(3600),

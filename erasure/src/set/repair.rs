@@ -27,7 +27,17 @@ impl ErasureSet {
         deep: bool,
         deadline: Deadline,
     ) -> Result<HealReport, ErasureError> {
-        let (m, states) = self.read_meta(bucket, name, deadline, true).await?;
+        let (m, states) = match self.read_meta(bucket, name, deadline, true).await {
+            Ok(x) => x,
+            // Deleted (or never committed) on a write quorum, yet a disk
+            // still has it: a disk that was away during the delete. Its
+            // leftover copy goes; otherwise every scan would find it again.
+            Err(ErasureError::Quorum(q)) if self.deleted_on_quorum(&q) => {
+                self.purge_leftovers(bucket, name, deadline).await;
+                return Err(ErasureError::ObjectNotFound);
+            }
+            Err(e) => return Err(e),
+        };
         let expected_size = m.geometry().shard_file_size();
         let n = self.n();
         let shard_file = meta::shard_path(name, m.version);
@@ -107,6 +117,72 @@ impl ErasureSet {
             metrics::heal_shard(false);
         }
         Ok(report)
+    }
+
+    /// Whether a write quorum of disks answered that the object's
+    /// metadata does not exist.
+    fn deleted_on_quorum(&self, q: &crate::quorum::QuorumError) -> bool {
+        q.counts()
+            .errors
+            .iter()
+            .any(|e| e.error == DiskError::FileNotFound && e.count >= self.write_quorum())
+    }
+
+    /// On every disk: delete the object's metadata and its version's shard
+    /// file when that metadata is older than `leftover_min_age` (a fresh
+    /// one may belong to a PUT still writing its metadata).
+    async fn purge_leftovers(&self, bucket: &str, name: &str, deadline: Deadline) {
+        let (b, p, f) = (bucket.to_string(), meta::meta_path(name), name.to_string());
+        let min_age = self.cfg.leftover_min_age;
+        let max_meta = self.cfg.max_meta_size;
+        let set_size = self.n();
+        let purged = self
+            .gather(
+                deadline,
+                OpClass::Delete,
+                move |_, disk, d| {
+                    let (b, p, f) = (b.clone(), p.clone(), f.clone());
+                    Box::pin(async move {
+                        let bytes = disk.read_all(&b, &p, d).await?;
+                        if bytes.len() > max_meta {
+                            return Ok(false);
+                        }
+                        let m = ObjectMeta::from_bytes(&bytes, set_size).map_err(|_| {
+                            DiskError::InvalidArgument {
+                                reason: "corrupt leftover metadata".into(),
+                            }
+                        })?;
+                        let written = SystemTime::UNIX_EPOCH + Duration::from_nanos(m.mod_time_ns);
+                        if SystemTime::now()
+                            .duration_since(written)
+                            .is_ok_and(|age| age < min_age)
+                        {
+                            return Ok(false);
+                        }
+                        disk.delete(&b, &p, DeleteOptions::default(), d).await?;
+                        let shard = meta::shard_path(&f, m.version);
+                        match disk.delete(&b, &shard, DeleteOptions::default(), d).await {
+                            Ok(()) | Err(DiskError::FileNotFound) => Ok(true),
+                            Err(e) => Err(e),
+                        }
+                    })
+                },
+                |_| false,
+                false,
+            )
+            .await;
+        let n = purged
+            .iter()
+            .filter(|r| matches!(r, Some(Ok(true))))
+            .count();
+        if n > 0 {
+            tracing::info!(
+                bucket,
+                object = name,
+                disks = n,
+                "leftover copies of a deleted object purged"
+            );
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -359,12 +435,14 @@ impl ErasureSet {
             }
         }
         report.objects = objects.len();
-        let mut heals =
-            futures_util::stream::iter(objects.into_iter().map(|dir| async move {
-                self.heal_object_with(bucket, &dir, deep, deadline).await
-            }))
-            .buffer_unordered(self.cfg.scan_heal_concurrency);
-        while let Some(r) = heals.next().await {
+        let mut heals = futures_util::stream::iter(objects.into_iter().map(|dir| async move {
+            (
+                self.heal_object_with(bucket, &dir, deep, deadline).await,
+                dir,
+            )
+        }))
+        .buffer_unordered(self.cfg.scan_heal_concurrency);
+        while let Some((r, object)) = heals.next().await {
             match r {
                 Ok(h) => {
                     report.healed += h.healed.len();
@@ -376,7 +454,10 @@ impl ErasureSet {
                     }
                 }
                 Err(ErasureError::ObjectNotFound) => {}
-                Err(_) => report.failed += 1,
+                Err(e) => {
+                    tracing::warn!(set = self.index(), bucket, %object, error = %e, "scan: heal failed");
+                    report.failed += 1
+                }
             }
         }
         report
