@@ -202,8 +202,14 @@ mod tests {
             checksum: "blake3".into(),
             distribution: d,
             shard_digests: vec![String::new(); 8],
+            user: BTreeMap::from([("etag".to_string(), "abc".to_string())]),
         };
         assert_eq!(ObjectMeta::from_bytes(&m.to_bytes(), 8).unwrap(), m);
+        // Files written before `user` existed read as an empty map.
+        let mut old: serde_json::Value = serde_json::from_slice(&m.to_bytes()).unwrap();
+        old.as_object_mut().unwrap().remove("user");
+        let back = ObjectMeta::from_bytes(&serde_json::to_vec(&old).unwrap(), 8).unwrap();
+        assert!(back.user.is_empty());
         assert!(ObjectMeta::from_bytes(&m.to_bytes(), 6).is_err());
         assert!(ObjectMeta::from_bytes(b"{", 8).is_err());
         let mut dup = m.clone();

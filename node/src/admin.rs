@@ -184,6 +184,7 @@ pub trait NodeState: Send + Sync {
 }
 
 /// Builds the cluster view from peers and (once open) the sets.
+#[allow(clippy::too_many_arguments)] // one argument per field of the view
 pub fn cluster_view(
     node: &str,
     ready: bool,

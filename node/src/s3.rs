@@ -163,7 +163,6 @@ impl S3 for S3Front {
                 .map_err(to_s3)?;
             Ok(S3Response::new(CreateBucketOutput {
                 location: Some(format!("/{}", req.input.bucket)),
-                ..Default::default()
             }))
         }
         .await;

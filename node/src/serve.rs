@@ -230,7 +230,14 @@ async fn bootstrap(
     for (ni, n) in config.nodes.iter().enumerate() {
         for d in 0..topo.disks_per_node {
             let disk: Arc<dyn Disk> = if ni == my_index {
-                local[d].clone()
+                local.get(d).cloned().ok_or_else(|| {
+                    anyhow!(
+                        "node {} has {} disks, the topology {}",
+                        n.name,
+                        local.len(),
+                        topo.disks_per_node
+                    )
+                })?
             } else {
                 let p = peers
                     .iter()
