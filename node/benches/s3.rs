@@ -105,7 +105,10 @@ fn main() {
     let file = dir.path().join("obj.bin");
     let out = dir.path().join("got.bin");
     let sum = random_file(&file, size, 99);
-    let image = (size / 8 * 3).max(256 << 20);
+    // Room per disk for three versions of the object's shards (128 MiB per
+    // GiB each): the current one, the one a round replaces, and leftovers a
+    // powered-off node keeps until the scanner purges them.
+    let image = (size / 2).max(256 << 20);
     eprintln!("starting two 4x4 clusters (io_uring disks, tokio-fs disks) ...");
     let mut uring = S3Cluster::start_with(image, &[]);
     let bench = |s: &S3Cluster| {
