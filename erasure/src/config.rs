@@ -49,10 +49,19 @@ pub struct ErasureConfig {
     pub scan_max_entries: usize,
     /// Objects one scanner pass heals at once.
     pub scan_heal_concurrency: usize,
-    /// A copy of an object deleted on a write quorum is purged from a disk
-    /// that still has it once its metadata is at least this old (a younger
-    /// one may be a PUT still writing its metadata).
-    pub leftover_min_age: Duration,
+    /// How long after its version timestamp (or id) a write may still
+    /// land a file on a disk: at least the longest deadline any write is
+    /// given (the S3 layer's transfer budget) plus the RPC replay window
+    /// and the clock skew between nodes. The collector treats a version on
+    /// too few disks, an unnamed shard file, or a tombstone's shadow as
+    /// dead only after it.
+    pub commit_window: Duration,
+    /// How long a superseded version's shard file stays in the graveyard
+    /// after the collector first sees it there: at least the longest GET
+    /// (a GET that began on the version finishes with it).
+    pub superseded_grace: Duration,
+    /// Objects remembered as unhealable (reported, not retried in a loop).
+    pub unhealable_max: usize,
     /// Budget for healing one object popped from the heal queue.
     pub heal_object_budget: Duration,
     /// How long the healer waits on an empty queue before looking again
@@ -81,7 +90,9 @@ impl Default for ErasureConfig {
             max_user_meta: 8 << 10,
             scan_max_entries: 100_000,
             scan_heal_concurrency: 4,
-            leftover_min_age: Duration::from_secs(60),
+            commit_window: Duration::from_secs(20 * 60),
+            superseded_grace: Duration::from_secs(20 * 60),
+            unhealable_max: 1000,
             heal_object_budget: Duration::from_secs(60),
             healer_poll: Duration::from_secs(1),
             tmp_max_age: Duration::from_secs(3600),
@@ -145,6 +156,12 @@ impl ErasureConfig {
         }
         if self.healer_poll.is_zero() {
             return bad("healer_poll", "must be > 0");
+        }
+        if self.commit_window.is_zero() {
+            return bad("commit_window", "must be > 0");
+        }
+        if self.unhealable_max == 0 {
+            return bad("unhealable_max", "must be > 0");
         }
         if self.tmp_max_age.is_zero() {
             return bad("tmp_max_age", "must be > 0");

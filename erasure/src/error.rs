@@ -30,6 +30,14 @@ pub enum ErasureError {
         /// The current one.
         found: uuid::Uuid,
     },
+    /// The object's current version was found unhealable before (fewer
+    /// good shards than data shards) and is not retried outside a deep
+    /// scan.
+    #[error("object version {version} is known unhealable")]
+    Unhealable {
+        /// The version.
+        version: uuid::Uuid,
+    },
     /// The bucket still holds objects.
     #[error("bucket not empty")]
     BucketNotEmpty,

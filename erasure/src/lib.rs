@@ -12,9 +12,12 @@
 //! * [`ErasureSet`]: streamed PUT (Reed-Solomon per block, a BLAKE3 checksum
 //!   per shard block, one writer task per disk behind a bounded queue,
 //!   slow or failed disks dropped while write quorum holds, data committed
-//!   by rename and made visible by quorum-written metadata), GET (first
-//!   `data` good shards, hedged reads, bitrot checks, reconstruction,
-//!   ranges), stat, delete, list, heal and scan.
+//!   by rename and made visible by an immutable per-version file on a
+//!   write quorum, with no lock: `set::versions` decides the current
+//!   version), GET (first `data` good shards, hedged reads, bitrot checks,
+//!   reconstruction, ranges), stat, delete (a tombstone version), list,
+//!   heal, scan and the collector of what failed or superseded writes
+//!   left.
 //! * [`ConfigStore`]: configuration documents in a system bucket, read
 //!   under a quorum read lock and written under a write lock.
 //! * [`QuorumLock`]: read and write locks over every node's
@@ -47,8 +50,8 @@ pub use quorum::{
     proves_out, ErrorCount, Outcome, QuorumCounts, QuorumError, QuorumOp, SetStats, Tally,
 };
 pub use set::{
-    DiskStatus, ErasureSet, GetReport, HealReport, ObjectInfo, PutOptions, PutReport, ScanReport,
-    SetReport,
+    CollectReport, DiskStatus, ErasureSet, GetReport, HealReport, ObjectInfo, PutOptions,
+    PutReport, ScanReport, SetReport, UnhealableObject,
 };
 pub use sets::{placement, ErasureSets};
 pub use sysconfig::{ConfigError, ConfigStore, ConfigStoreConfig, SYSTEM_BUCKET};

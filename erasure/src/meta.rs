@@ -1,11 +1,20 @@
 //! Per-object metadata and the on-disk names of an object.
 //!
-//! Object `name` in bucket `b` lives, on each disk of its set, at
-//! `b/name/object.meta` (the metadata, replaced atomically by `write_all`)
-//! and `b/name/<version>.shards` (this disk's shard file). A write stages
-//! its shard file in the temporary volume and renames it into place; the
-//! metadata, written after a write quorum of shard files is in place, is
-//! what makes a version visible.
+//! Object `name` in bucket `b` lives, on each disk of its set, in the
+//! directory `b/name/`:
+//!
+//! * `<ts>-<id>.ver`: one file per version (its [`ObjectMeta`]), written
+//!   once with `write_all` and never changed; `ts` is the version's order
+//!   key (16 hex digits, a hybrid clock in nanoseconds), `id` its version
+//!   id (a UUIDv7, 32 hex digits);
+//! * `<ts>-<id>.del`: a tombstone (an acknowledged DELETE), empty;
+//! * `<id>.shards`: this disk's shard file of version `id`.
+//!
+//! A write stages its shard file in the temporary volume and renames it
+//! into place, then writes its version file: the version files present on
+//! the disks decide what a reader sees (`set::versions`). Nothing is ever
+//! overwritten, so no disk can lose a committed version to a concurrent
+//! or failed write; the collector removes what is proven superseded.
 
 use std::collections::BTreeMap;
 
@@ -15,12 +24,103 @@ use uuid::Uuid;
 use crate::codec::Geometry;
 use crate::error::ErasureError;
 
-/// File name of the metadata inside an object's directory.
+/// File name of the metadata of format 1 (one file per object); still
+/// refused as an object name component.
 pub const META_FILE: &str = "object.meta";
 /// Suffix of shard files.
 pub const SHARD_SUFFIX: &str = ".shards";
-/// Metadata format version.
-pub const META_FORMAT: u32 = 1;
+/// Suffix of a version file.
+pub const VERSION_SUFFIX: &str = ".ver";
+/// Suffix of a tombstone.
+pub const TOMBSTONE_SUFFIX: &str = ".del";
+/// Metadata format version (2: one immutable file per version).
+pub const META_FORMAT: u32 = 2;
+
+/// The total order of an object's versions: a hybrid-clock timestamp,
+/// then the version id (ties between writers that read the same clock).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct VersionKey {
+    /// Nanoseconds since the Unix epoch, raised past every version the
+    /// writer saw (so a write that starts after another was acknowledged
+    /// orders after it, whatever the clocks say).
+    pub ts: u64,
+    /// The version id (names the shard files).
+    pub id: Uuid,
+}
+
+/// What a version file stands for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum VersionKind {
+    /// An object version (`.ver`, holds its [`ObjectMeta`]).
+    Object,
+    /// A tombstone (`.del`, empty).
+    Tombstone,
+}
+
+impl VersionKey {
+    /// File name of this version (in the object's directory).
+    pub fn file_name(&self, kind: VersionKind) -> String {
+        let suffix = match kind {
+            VersionKind::Object => VERSION_SUFFIX,
+            VersionKind::Tombstone => TOMBSTONE_SUFFIX,
+        };
+        format!("{:016x}-{}{suffix}", self.ts, self.id.simple())
+    }
+
+    /// Parse a version file name; `None` for anything else.
+    pub fn parse(entry: &str) -> Option<(VersionKey, VersionKind)> {
+        let (stem, kind) = if let Some(s) = entry.strip_suffix(VERSION_SUFFIX) {
+            (s, VersionKind::Object)
+        } else if let Some(s) = entry.strip_suffix(TOMBSTONE_SUFFIX) {
+            (s, VersionKind::Tombstone)
+        } else {
+            return None;
+        };
+        let (ts, id) = stem.split_once('-')?;
+        if ts.len() != 16 || id.len() != 32 || !is_lower_hex(ts) || !is_lower_hex(id) {
+            return None;
+        }
+        Some((
+            VersionKey {
+                ts: u64::from_str_radix(ts, 16).ok()?,
+                id: Uuid::try_parse(id).ok()?,
+            },
+            kind,
+        ))
+    }
+}
+
+fn is_lower_hex(s: &str) -> bool {
+    s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// Parse a shard file name (`<uuid>.shards`).
+pub fn parse_shard(entry: &str) -> Option<Uuid> {
+    entry
+        .strip_suffix(SHARD_SUFFIX)
+        .and_then(|v| Uuid::try_parse(v).ok())
+}
+
+/// When a UUIDv7 version id was minted (`None` for other UUIDs): the age
+/// of a shard file no version names.
+pub fn id_time(id: Uuid) -> Option<std::time::SystemTime> {
+    let ts = id.get_timestamp()?;
+    let (secs, nanos) = ts.to_unix();
+    Some(std::time::UNIX_EPOCH + std::time::Duration::new(secs, nanos))
+}
+
+/// A new version id: time-ordered, so an orphan shard file's age is in its
+/// name.
+pub fn new_version_id() -> Uuid {
+    Uuid::now_v7()
+}
+
+/// Nanoseconds since the Unix epoch now.
+pub fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
 
 /// What every disk holding the object stores about it (identical on all).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -140,7 +240,7 @@ pub fn check_name(name: &str) -> Result<(), ErasureError> {
         if c == "." || c == ".." {
             return bad("'.' or '..' component");
         }
-        if c == META_FILE || c.ends_with(SHARD_SUFFIX) {
+        if c == META_FILE || c.ends_with(SHARD_SUFFIX) || VersionKey::parse(c).is_some() {
             return bad("component reserved for object files");
         }
         if c.len() > 255 {
@@ -150,9 +250,18 @@ pub fn check_name(name: &str) -> Result<(), ErasureError> {
     Ok(())
 }
 
-/// Path of an object's metadata.
-pub fn meta_path(name: &str) -> String {
-    format!("{name}/{META_FILE}")
+/// Path of an object version's file.
+pub fn version_path(name: &str, key: VersionKey, kind: VersionKind) -> String {
+    format!("{name}/{}", key.file_name(kind))
+}
+
+/// Directory of the graveyard in the temporary volume: shard files of
+/// superseded versions wait there for `superseded_grace`.
+pub const GRAVEYARD: &str = "superseded";
+
+/// Path (in the temporary volume) of a superseded shard file.
+pub fn grave_path(id: Uuid) -> String {
+    format!("{GRAVEYARD}/{id}{SHARD_SUFFIX}")
 }
 
 /// Path of an object version's shard file.
@@ -177,12 +286,42 @@ mod tests {
             "a/object.meta",
             "x.shards",
             "a\0b",
+            "a/0000000000000001-0123456789abcdef0123456789abcdef.ver",
+            "0000000000000001-0123456789abcdef0123456789abcdef.del",
         ] {
             assert!(
                 matches!(check_name(bad), Err(ErasureError::InvalidObjectName { .. })),
                 "{bad:?}"
             );
         }
+    }
+
+    #[test]
+    fn version_names_round_trip_and_order() {
+        let a = VersionKey {
+            ts: 5,
+            id: new_version_id(),
+        };
+        let b = VersionKey {
+            ts: 5,
+            id: new_version_id(),
+        };
+        for kind in [VersionKind::Object, VersionKind::Tombstone] {
+            assert_eq!(VersionKey::parse(&a.file_name(kind)), Some((a, kind)));
+        }
+        assert!(a < b, "same clock: the later id orders after");
+        assert!(VersionKey { ts: 6, ..a } > b);
+        assert!(id_time(a.id).unwrap().elapsed().unwrap() < std::time::Duration::from_secs(60));
+        for bad in [
+            "0000000000000001-0123456789ABCDEF0123456789abcdef.ver",
+            "000000000000001-0123456789abcdef0123456789abcdef.ver",
+            "0000000000000001_0123456789abcdef0123456789abcdef.ver",
+            "0000000000000001-0123456789abcdef0123456789abcdef.meta",
+            "object.meta",
+        ] {
+            assert_eq!(VersionKey::parse(bad), None, "{bad}");
+        }
+        assert_eq!(parse_shard(&format!("{}.shards", a.id)), Some(a.id));
     }
 
     #[test]

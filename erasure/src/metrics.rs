@@ -81,3 +81,21 @@ pub(crate) fn write_dropped(set: usize, why: &'static str) {
 pub(crate) fn hedge(set: usize) {
     metrics::counter!(READ_HEDGES, "set" => set.to_string()).increment(1);
 }
+
+/// Counter: files the collector removed or moved, by kind (`superseded`,
+/// `tombstone`, `failed_version`, `orphan_shard`, `grave`, `staging`,
+/// `directory`).
+pub const GC_REMOVED: &str = "diskio_gc_removed_total";
+/// Gauge: objects known unhealable (fewer good shards than data shards).
+pub const UNHEALABLE: &str = "diskio_unhealable_objects";
+
+pub(crate) fn gc_removed(set: usize, kind: &'static str, n: usize) {
+    if n > 0 {
+        metrics::counter!(GC_REMOVED, "set" => set.to_string(), "kind" => kind)
+            .increment(n as u64);
+    }
+}
+
+pub(crate) fn unhealable(set: usize, n: usize) {
+    metrics::gauge!(UNHEALABLE, "set" => set.to_string()).set(n as f64);
+}

@@ -11,7 +11,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use disk_io::Deadline;
-use disk_io_erasure::{ErasureError, QuorumError};
+use disk_io_erasure::{ErasureError, QuorumError, QuorumOp};
 use disk_io_harness::FaultControl;
 use tokio::io::{AsyncRead, ReadBuf};
 
@@ -307,7 +307,12 @@ async fn five_of_eight_gone_is_quorum_unavailable_not_lost() {
         panic!("expected QuorumError::Unavailable, got {r:?}")
     };
     // As above, the fifth gone disk may still be counted in the write.
-    assert_eq!(c.needed, 5);
+    // Either the data phase or the version clock (read while the data
+    // streams; it needs the version threshold, 4, of listings) fails first.
+    assert!(
+        c.needed == 5 || (c.op == QuorumOp::List && c.needed == 4),
+        "{c:?}"
+    );
     assert_eq!(c.answered, c.succeeded, "{c:?}");
     assert!(
         c.unavailable >= 4 && c.unavailable + c.succeeded == 8,

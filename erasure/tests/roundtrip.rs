@@ -116,13 +116,43 @@ async fn stat_list_delete_and_overwrite_follow_quorum() {
         };
         eventually("the old version's shard files go", || shards() == only_new).await;
     }
+    // The old version's shard files wait in the graveyard (a GET that
+    // began on it may still read them) until the collector has seen them
+    // for `superseded_grace`.
+    let graves = |root: &std::path::Path| files_under(&root.join("diskio-tmp/superseded"));
+    for root in &fx.backing {
+        eventually("the old shard file is in the graveyard", || graves(root).len() == 1)
+        .await;
+    }
     fx.set
         .delete_object(BUCKET, "a/one", long())
         .await
         .expect("delete");
+    // A delete is a tombstone version; the collector removes it (and the
+    // emptied directory) once no write that ordered before it can land.
+    let buckets = vec![BUCKET.to_string()];
+    for root in &fx.backing {
+        let left = || files_under(&root.join(BUCKET).join("a/one"));
+        eventually("the deleted version is superseded by its tombstone", || {
+            let l = left();
+            l.len() == 1 && l[0].ends_with(".del")
+        })
+        .await;
+    }
+    tokio::time::sleep(fx_window()).await;
+    let c = fx.set.collect(&buckets, long()).await;
+    assert_eq!(c.tombstones, 8, "{c:?}");
+    let c = fx.set.collect(&buckets, long()).await;
+    // Two versions' shard files per disk: the overwritten one and the
+    // deleted one.
+    assert!(c.graves == 16 || c.graves == 0, "{c:?}");
+    tokio::time::sleep(fx_window()).await;
+    let c2 = fx.set.collect(&buckets, long()).await;
+    assert_eq!(c.graves + c2.graves, 16, "{c:?} {c2:?}");
     for root in &fx.backing {
         let dir = root.join(BUCKET).join("a/one");
-        eventually("the emptied directory is pruned", || !dir.exists()).await;
+        assert!(!dir.exists(), "{root:?}: the emptied directory is pruned");
+        assert!(graves(root).is_empty(), "{root:?}: graveyard emptied");
         assert!(
             root.join(BUCKET).join("a/two").exists(),
             "{root:?}: the neighbour stays"
@@ -250,8 +280,9 @@ async fn the_healer_rebuilds_what_a_read_found_missing_and_stale_staging_files_a
     let (stop, rx) = tokio::sync::watch::channel(false);
     let healer = sets.spawn_healer(rx);
     let started = std::time::Instant::now();
-    let meta6 = fx.backing[6].join(BUCKET).join("o").join("object.meta");
-    while !(meta6.exists() && sets.heal_queue().is_empty()) {
+    let dir6 = fx.backing[6].join(BUCKET).join("o");
+    let healed6 = || files_under(&dir6).iter().any(|f| f.ends_with(".ver"));
+    while !(healed6() && sets.heal_queue().is_empty()) {
         assert!(
             started.elapsed() < Duration::from_secs(20),
             "the healer did not run"

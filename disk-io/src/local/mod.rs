@@ -452,6 +452,17 @@ impl Inner {
     {
         let started = Instant::now();
         let budget = deadline.remaining();
+        // Fencing by deadline: a call whose deadline has already passed is
+        // refused before it touches the disk (`timeout_at` would poll the
+        // operation once first). The object path relies on this: no write
+        // of a commit lands after its writer's deadline (ARCHITECTURE.md,
+        // "Per-key commit").
+        if deadline.is_expired() {
+            return Err(DiskError::DeadlineExceeded {
+                op: class,
+                waited: Duration::ZERO,
+            });
+        }
         if let Err(e) = self.health.admit() {
             crate::metrics::fail_fast(&self.label, class);
             return Err(e);

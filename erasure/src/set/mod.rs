@@ -22,10 +22,13 @@ use crate::metrics;
 use crate::offline::OfflineDisk;
 use crate::quorum::{Outcome, QuorumOp, SetStats, Tally};
 
+mod collect;
 mod read;
 mod repair;
+mod versions;
 mod write;
 
+pub use collect::CollectReport;
 pub use write::PutOptions;
 
 /// One disk's result, `None` when it was not heard from in time.
@@ -152,6 +155,10 @@ pub struct ErasureSet {
     /// write, or not heard from within the straggler grace). While that is
     /// recent (`straggler_memory`), a quorum does not wait for it at all.
     straggled: std::sync::Mutex<Vec<Option<Instant>>>,
+    /// When the collector first saw each graveyard file.
+    graves: std::sync::Mutex<collect::GraveClock>,
+    /// Objects the healer found it cannot rebuild.
+    unhealable: std::sync::Mutex<Unhealable>,
 }
 
 /// A disk call bounded by `deadline` even if the disk ignores it (a
@@ -223,6 +230,8 @@ impl ErasureSet {
             heal,
             stats: Arc::new(SetStats::default()),
             straggled: std::sync::Mutex::new(vec![None; n]),
+            graves: Default::default(),
+            unhealable: Default::default(),
         };
         let ids = set
             .gather(
@@ -601,91 +610,160 @@ impl ErasureSet {
         }
     }
 
-    /// In the background, on disk `pos`: delete the object's shard files
-    /// that `which` names, then, when `prune`, the object's directory and
-    /// its parents as long as they are empty (a non-recursive delete
-    /// refuses a directory with anything in it, so a live object or a
-    /// neighbour is never touched).
-    fn spawn_object_cleanup(
+    /// Write version file `key` of an object on every disk not in `skip`
+    /// (disks dropped from the write, with why) with write quorum. On
+    /// success: the positions written and missed (queued for healing), and
+    /// the versions older than `key` superseded on the written disks in the
+    /// background. On failure, whether the version can never be chosen
+    /// (`definite`: fewer disks than the threshold could hold it, even if
+    /// every write whose outcome is unknown landed).
+    pub(crate) async fn commit_version(
         &self,
-        pos: usize,
         bucket: &str,
         name: &str,
-        which: Shards,
-        prune: bool,
-    ) {
-        let disk = self.disks[pos].clone();
-        let (b, dir) = (bucket.to_string(), name.to_string());
-        let d = self.cfg.timeouts.deadline(OpClass::Delete);
-        tokio::spawn(async move {
-            if let Ok(entries) = bounded(OpClass::ListDir, d, disk.list_dir(&b, &dir, d)).await {
-                for e in entries {
-                    if which.selects(&e) {
-                        let path = format!("{dir}/{e}");
-                        let opts = DeleteOptions::default();
-                        let _ = bounded(OpClass::Delete, d, disk.delete(&b, &path, opts, d)).await;
+        key: meta::VersionKey,
+        kind: meta::VersionKind,
+        bytes: Arc<Vec<u8>>,
+        skip: &[Option<DiskError>],
+        deadline: Deadline,
+    ) -> Result<(Vec<usize>, Vec<usize>), Uncommitted> {
+        let n = self.n();
+        let (b, p) = (bucket.to_string(), meta::version_path(name, key, kind));
+        let wq = self.write_quorum();
+        let skipped: Vec<bool> = skip.iter().map(Option::is_some).collect();
+        let results = self
+            .gather(
+                deadline,
+                OpClass::WriteAll,
+                move |pos, disk, d| {
+                    let (b, p, bytes) = (b.clone(), p.clone(), bytes.clone());
+                    let skip = skipped[pos];
+                    Box::pin(async move {
+                        if skip {
+                            // Dropped from the write: no version file
+                            // without its shard. (Its data-phase error is
+                            // what the tally counts for it; this placeholder
+                            // is of the unavailable family so it does not
+                            // count as the disk keeping up.)
+                            return Err(DiskError::Busy {
+                                reason: "dropped from this write".to_string(),
+                            });
+                        }
+                        disk.write_all(&b, &p, &bytes, d).await
+                    })
+                },
+                |rs| rs.iter().filter(|r| matches!(r, Some(Ok(())))).count() >= wq,
+                true,
+            )
+            .await;
+        let mut t = Tally::new(QuorumOp::WriteMeta, wq, n);
+        let mut written = Vec::new();
+        let mut missed = Vec::new();
+        // Disks whose version file may or may not be there (not heard, or
+        // an error that does not prove the write did not happen).
+        let mut unknown = 0usize;
+        for (pos, result) in results.iter().enumerate() {
+            let admits = self.admits(pos);
+            match (&skip[pos], result) {
+                (Some(e), _) => t.err(e.clone(), admits),
+                (None, Some(Ok(()))) => {
+                    t.ok(admits);
+                    written.push(pos);
+                    continue;
+                }
+                (None, Some(Err(e))) => {
+                    if e.is_unavailable() || matches!(e, DiskError::NotDurable { .. }) {
+                        unknown += 1;
                     }
+                    t.err(e.clone(), admits)
+                }
+                (None, None) => {
+                    unknown += 1;
+                    t.missing(admits)
                 }
             }
-            if !prune {
+            missed.push(pos);
+        }
+        let error = match self.decide(&t, deadline) {
+            Ok(Outcome::Met { .. }) => None,
+            Ok(Outcome::Agreed(e)) => Some(agreed(e)),
+            Err(e) => Some(e),
+        };
+        if let Some(error) = error {
+            let definite = written.len() + unknown < self.threshold();
+            if !definite {
+                self.push_heal(bucket, name);
+            }
+            return Err(Uncommitted { error, definite });
+        }
+        if !missed.is_empty() {
+            self.push_heal(bucket, name);
+        }
+        // Older versions are superseded for good on the disks that took
+        // this one (it is chosen: on a write quorum).
+        for &pos in &written {
+            self.spawn_supersede(pos, bucket, name, key);
+        }
+        Ok((written, missed))
+    }
+
+    /// In the background, on disk `pos`: every version of the object older
+    /// than `key` (chosen) goes. Its shard file is moved to the
+    /// graveyard first (a GET that began on it still finds it there for
+    /// `superseded_grace`), then its version file is deleted.
+    pub(crate) fn spawn_supersede(&self, pos: usize, bucket: &str, name: &str, key: meta::VersionKey) {
+        let disk = self.disks[pos].clone();
+        let cfg = self.cfg.clone();
+        let (b, dir) = (bucket.to_string(), name.to_string());
+        tokio::spawn(async move {
+            let d = cfg.timeouts.deadline(OpClass::Delete);
+            let Ok(entries) = bounded(OpClass::ListDir, d, disk.list_dir(&b, &dir, d)).await else {
                 return;
-            }
-            let mut at = Some(dir.as_str());
-            while let Some(p) = at {
-                let opts = DeleteOptions::default();
-                if bounded(OpClass::Delete, d, disk.delete(&b, p, opts, d))
-                    .await
-                    .is_err()
-                {
-                    return;
+            };
+            let listing = versions::DirListing::parse(entries);
+            for (k, kind) in listing.versions {
+                if k >= key {
+                    continue;
                 }
-                at = p.rsplit_once('/').map(|(parent, _)| parent);
+                let _ = supersede_one(&*disk, &cfg, &b, &dir, k, kind, &listing.shards).await;
             }
         });
     }
 
-    /// Delete an object: its metadata with write quorum (a disk that has
-    /// none counts as done), then its shard files in the background.
+    /// Delete an object: a tombstone version, written like a PUT's version
+    /// file (`ObjectNotFound`, writing nothing, when there is no object).
     pub async fn delete_object(
         &self,
         bucket: &str,
         name: &str,
         deadline: Deadline,
     ) -> Result<(), ErasureError> {
-        // Not found on a read quorum is "not found", not a silent success.
-        self.read_meta(bucket, name, deadline, false).await?;
-        let (b, p) = (bucket.to_string(), meta::meta_path(name));
-        let wq = self.write_quorum();
-        let mut results = self
-            .gather(
-                deadline,
-                OpClass::Delete,
-                move |_, disk, d| {
-                    let (b, p) = (b.clone(), p.clone());
-                    Box::pin(async move { disk.delete(&b, &p, DeleteOptions::default(), d).await })
-                },
-                |rs| rs.iter().filter(|r| matches!(r, Some(Ok(())))).count() >= wq,
-                true,
-            )
-            .await;
-        for r in results.iter_mut() {
-            if matches!(r, Some(Err(DiskError::FileNotFound))) {
-                *r = Some(Ok(()));
+        self.check_bucket(bucket)?;
+        meta::check_name(name)?;
+        let r = self.resolve(bucket, name, deadline, false).await;
+        self.current(&r, deadline)?;
+        let seen = r.all_versions().iter().map(|(k, _, _)| k.ts).max();
+        let key = meta::VersionKey {
+            ts: meta::now_ns().max(seen.map_or(0, |t| t + 1)),
+            id: meta::new_version_id(),
+        };
+        let none = vec![None; self.n()];
+        let kind = meta::VersionKind::Tombstone;
+        match self
+            .commit_version(bucket, name, key, kind, Arc::new(Vec::new()), &none, deadline)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(Uncommitted { error, definite }) => {
+                if definite {
+                    for disk in &self.disks {
+                        let path = meta::version_path(name, key, kind);
+                        spawn_discard(disk.clone(), &self.cfg, bucket, name, vec![path]);
+                    }
+                }
+                Err(error)
             }
         }
-        let t = self.tally(QuorumOp::Delete, wq, &results);
-        match self.decide(&t, deadline)? {
-            Outcome::Met { .. } => {}
-            Outcome::Agreed(e) => return Err(agreed(e)),
-        }
-        for (pos, r) in results.iter().enumerate() {
-            if matches!(r, Some(Ok(()))) {
-                self.spawn_object_cleanup(pos, bucket, name, Shards::All, true);
-            } else {
-                self.push_heal(bucket, name);
-            }
-        }
-        Ok(())
     }
 
     /// `list_dir` of `dir` on every disk, each under its own deadline;
@@ -714,10 +792,10 @@ impl ErasureSet {
         .await
     }
 
-    /// Entries directly under `dir` of a bucket (`""` for the top) that a
-    /// read quorum of disks list: object and prefix names (without the
-    /// trailing `/`), sorted. An entry on fewer disks is a write in
-    /// progress or a failed one, and is left out.
+    /// Entries directly under `dir` of a bucket (`""` for the top) that any
+    /// disk lists (with a read quorum of disks answering): candidate object
+    /// and prefix names (without the trailing `/`), sorted. Whether one is
+    /// an object is [`stat_object`](Self::stat_object)'s to say.
     pub async fn list(
         &self,
         bucket: &str,
@@ -732,6 +810,11 @@ impl ErasureSet {
             .list_everywhere(bucket, dir, Some(self.read_quorum()), deadline)
             .await;
         let rq = self.read_quorum();
+        // Every directory any disk lists is a candidate: the caller
+        // resolves each one (`stat_object`) before showing it, so a key is
+        // listed exactly when a HEAD finds it. (Counting directories on a
+        // read quorum of disks, as before, hid keys whose directory was on
+        // fewer disks and showed keys deleted long ago.)
         let mut counts: std::collections::BTreeMap<String, usize> = Default::default();
         let mut results = results;
         for r in results.iter_mut() {
@@ -752,38 +835,187 @@ impl ErasureSet {
             Outcome::Met { .. } => {}
             Outcome::Agreed(e) => return Err(agreed(e)),
         }
-        Ok(counts
-            .into_iter()
-            .filter(|(_, c)| *c >= rq)
-            .map(|(e, _)| e)
-            .collect())
+        Ok(counts.into_keys().collect())
     }
 }
 
-/// Which shard files of an object a cleanup deletes.
-#[derive(Clone, Copy, Debug)]
-enum Shards {
-    /// Every version's.
-    All,
-    /// Every version's but this one's.
-    AllBut(Uuid),
-    /// This version's only.
-    Only(Uuid),
+/// An object the healer cannot rebuild (fewer good shards than data
+/// shards, or no readable metadata): reported once, not retried in a loop.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnhealableObject {
+    /// Bucket.
+    pub bucket: String,
+    /// Object name.
+    pub object: String,
+    /// The version that cannot be rebuilt.
+    pub version: Uuid,
+    /// Good copies found.
+    pub good: usize,
+    /// Copies needed.
+    pub needed: usize,
+    /// When it was first found.
+    pub since: SystemTime,
 }
 
-impl Shards {
-    fn selects(self, entry: &str) -> bool {
-        let Some(v) = entry
-            .strip_suffix(meta::SHARD_SUFFIX)
-            .and_then(|v| Uuid::parse_str(v).ok())
-        else {
-            return false;
-        };
-        match self {
-            Shards::All => true,
-            Shards::AllBut(keep) => v != keep,
-            Shards::Only(it) => v == it,
+/// The bounded registry of unhealable objects.
+#[derive(Debug, Default)]
+pub(crate) struct Unhealable {
+    objects: std::collections::BTreeMap<(String, String), UnhealableObject>,
+}
+
+impl ErasureSet {
+    /// Objects found unhealable and not healed or replaced since.
+    pub fn unhealable(&self) -> Vec<UnhealableObject> {
+        let g = self.unhealable.lock().expect("unhealable lock");
+        g.objects.values().cloned().collect()
+    }
+
+    /// Whether `bucket/name` at `version` is known unhealable.
+    fn known_unhealable(&self, bucket: &str, name: &str, version: Uuid) -> bool {
+        let g = self.unhealable.lock().expect("unhealable lock");
+        g.objects
+            .get(&(bucket.to_string(), name.to_string()))
+            .is_some_and(|o| o.version == version)
+    }
+
+    /// Record (`Some`) or clear (`None`) an object's unhealable state; logs
+    /// once per object and version.
+    fn mark_unhealable(&self, bucket: &str, name: &str, found: Option<UnhealableObject>) {
+        let mut g = self.unhealable.lock().expect("unhealable lock");
+        let k = (bucket.to_string(), name.to_string());
+        match found {
+            None => {
+                g.objects.remove(&k);
+            }
+            Some(o) => {
+                let new = g.objects.get(&k).is_none_or(|old| old.version != o.version);
+                if new && (g.objects.contains_key(&k) || g.objects.len() < self.cfg.unhealable_max)
+                {
+                    tracing::error!(
+                        set = self.index,
+                        bucket,
+                        object = name,
+                        version = %o.version,
+                        good = o.good,
+                        needed = o.needed,
+                        "object cannot be healed: fewer good shards than data shards"
+                    );
+                    g.objects.insert(k, o);
+                }
+            }
         }
+        metrics::unhealable(self.index, g.objects.len());
+    }
+}
+
+/// Why a version file was not committed.
+#[derive(Debug)]
+pub(crate) struct Uncommitted {
+    /// What the caller answers.
+    pub error: ErasureError,
+    /// The version can never be chosen (its files may go).
+    pub definite: bool,
+}
+
+/// In the background, on `disk`: delete `paths` of object `name` (a
+/// missing one is fine), then the object's directory and its parents as
+/// long as they are empty (a non-recursive delete refuses a directory with
+/// anything in it, so a live object or a neighbour is never touched).
+fn spawn_discard(
+    disk: Arc<dyn Disk>,
+    cfg: &ErasureConfig,
+    bucket: &str,
+    name: &str,
+    paths: Vec<String>,
+) {
+    let (b, dir) = (bucket.to_string(), name.to_string());
+    let d = cfg.timeouts.deadline(OpClass::Delete);
+    tokio::spawn(async move {
+        for path in paths {
+            let opts = DeleteOptions::default();
+            let _ = bounded(OpClass::Delete, d, disk.delete(&b, &path, opts, d)).await;
+        }
+        prune_dirs(&*disk, &b, &dir, d).await;
+    });
+}
+
+/// Delete `dir` and its parents while they are empty.
+pub(crate) async fn prune_dirs(disk: &dyn Disk, bucket: &str, dir: &str, d: Deadline) -> usize {
+    let mut at = Some(dir);
+    let mut pruned = 0;
+    while let Some(p) = at {
+        let opts = DeleteOptions::default();
+        if bounded(OpClass::Delete, d, disk.delete(bucket, p, opts, d))
+            .await
+            .is_err()
+        {
+            break;
+        }
+        pruned += 1;
+        at = p.rsplit_once('/').map(|(parent, _)| parent);
+    }
+    pruned
+}
+
+/// Supersede version `k` of object `dir` on one disk: its shard file (if
+/// `shards` lists it) moves to the graveyard, then its version file goes.
+pub(crate) async fn supersede_one(
+    disk: &dyn Disk,
+    cfg: &ErasureConfig,
+    bucket: &str,
+    dir: &str,
+    k: meta::VersionKey,
+    kind: meta::VersionKind,
+    shards: &[Uuid],
+) -> Result<(), DiskError> {
+    let d = cfg.timeouts.deadline(OpClass::RenameFile);
+    if kind == meta::VersionKind::Object && shards.contains(&k.id) {
+        bury(disk, cfg, bucket, &meta::shard_path(dir, k.id), k.id, d).await?;
+    }
+    let path = meta::version_path(dir, k, kind);
+    match bounded(
+        OpClass::Delete,
+        d,
+        disk.delete(bucket, &path, DeleteOptions::default(), d),
+    )
+    .await
+    {
+        Ok(()) | Err(DiskError::FileNotFound) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Move a shard file into the graveyard of the temporary volume.
+pub(crate) async fn bury(
+    disk: &dyn Disk,
+    cfg: &ErasureConfig,
+    bucket: &str,
+    path: &str,
+    id: Uuid,
+    d: Deadline,
+) -> Result<(), DiskError> {
+    let grave = meta::grave_path(id);
+    let r = bounded(
+        OpClass::RenameFile,
+        d,
+        disk.rename_file(bucket, path, &cfg.tmp_volume, &grave, d),
+    )
+    .await;
+    match r {
+        Ok(()) | Err(DiskError::FileNotFound) => Ok(()),
+        Err(DiskError::VolumeNotFound) => {
+            match bounded(OpClass::MakeVol, d, disk.make_vol(&cfg.tmp_volume, d)).await {
+                Ok(()) | Err(DiskError::VolumeExists) => {}
+                Err(e) => return Err(e),
+            }
+            bounded(
+                OpClass::RenameFile,
+                d,
+                disk.rename_file(bucket, path, &cfg.tmp_volume, &grave, d),
+            )
+            .await
+        }
+        Err(e) => Err(e),
     }
 }
 

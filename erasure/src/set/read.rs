@@ -1,82 +1,9 @@
-//! Metadata read with early quorum, GET with hedged shard reads, bitrot
+//! GET with hedged shard reads, bitrot
 //! checks, reconstruction and ranges, stat.
 
 use super::*;
 
 impl ErasureSet {
-    /// Read the metadata from every disk; returns as soon as a read quorum
-    /// of identical copies (or of one answered error) is in. Because write
-    /// quorum + read quorum exceeds the set size, the first group to reach
-    /// read quorum is the newest committed version.
-    pub(super) async fn read_meta(
-        &self,
-        bucket: &str,
-        name: &str,
-        deadline: Deadline,
-        wait_all: bool,
-    ) -> Result<(ObjectMeta, Vec<MetaState>), ErasureError> {
-        self.check_bucket(bucket)?;
-        meta::check_name(name)?;
-        let n = self.n();
-        let rq = self.read_quorum();
-        let (b, p) = (bucket.to_string(), meta::meta_path(name));
-        let max = self.cfg.max_meta_size;
-        let results: Vec<Slot<Result<ObjectMeta, ()>>> = self
-            .gather(
-                deadline,
-                OpClass::ReadAll,
-                move |_, disk, d| {
-                    let (b, p) = (b.clone(), p.clone());
-                    Box::pin(async move {
-                        let bytes = disk.read_all(&b, &p, d).await?;
-                        if bytes.len() > max {
-                            return Ok(Err(()));
-                        }
-                        Ok(ObjectMeta::from_bytes(&bytes, n).map_err(|_| ()))
-                    })
-                },
-                |rs| !wait_all && !matches!(meta_decision(rs, rq), MetaDecision::Undecided),
-                false,
-            )
-            .await;
-        let winner = match meta_decision(&results, rq) {
-            MetaDecision::Winner(m) => Some(m),
-            MetaDecision::Error | MetaDecision::Undecided => None,
-        };
-        let mut t = Tally::new(QuorumOp::ReadMeta, rq, n);
-        let mut states = Vec::with_capacity(n);
-        for (pos, r) in results.iter().enumerate() {
-            let admits = self.admits(pos);
-            let state = match r {
-                None => {
-                    t.missing(admits);
-                    MetaState::Unknown
-                }
-                Some(Ok(Ok(m))) if Some(m) == winner.as_ref() => {
-                    t.ok(admits);
-                    MetaState::Match
-                }
-                Some(Ok(_)) => {
-                    t.disagree(admits);
-                    MetaState::Stale
-                }
-                Some(Err(e)) => {
-                    t.err(e.clone(), admits);
-                    if e.is_unavailable() {
-                        MetaState::Unknown
-                    } else {
-                        MetaState::Stale
-                    }
-                }
-            };
-            states.push(state);
-        }
-        match self.decide(&t, deadline)? {
-            Outcome::Met { .. } => Ok((winner.expect("met implies a winner"), states)),
-            Outcome::Agreed(e) => Err(agreed(e)),
-        }
-    }
-
     /// Size, version and time of an object (metadata read quorum).
     pub async fn stat_object(
         &self,
@@ -93,6 +20,55 @@ impl ErasureSet {
             parity: m.parity,
             user: m.user,
         })
+    }
+
+    /// The metadata a GET streams: the current version's, or with
+    /// `expect` that version's even when a newer one has become current
+    /// since (a reply whose headers came from a HEAD of `expect` then
+    /// streams exactly those bytes; superseded versions stay on the disks
+    /// for `superseded_grace`). `VersionChanged` when `expect` is gone.
+    async fn meta_of(
+        &self,
+        bucket: &str,
+        name: &str,
+        expect: Option<Uuid>,
+        deadline: Deadline,
+    ) -> Result<(ObjectMeta, Vec<MetaState>), ErasureError> {
+        self.check_bucket(bucket)?;
+        meta::check_name(name)?;
+        let r = self.resolve(bucket, name, deadline, false).await;
+        let current = self.current(&r, deadline);
+        let Some(v) = expect else {
+            let (key, holders) = current?;
+            let m = self.read_version(bucket, name, key, &holders, deadline).await?;
+            return Ok((m, r.states()));
+        };
+        if let Ok((key, holders)) = &current {
+            if key.id == v {
+                let m = self.read_version(bucket, name, *key, holders, deadline).await?;
+                return Ok((m, r.states()));
+            }
+        }
+        let older = r
+            .all_versions()
+            .into_iter()
+            .find(|(k, kind, _)| k.id == v && *kind == meta::VersionKind::Object);
+        let Some((key, _, holders)) = older else {
+            let found = current.map(|(k, _)| k.id).unwrap_or(Uuid::nil());
+            return Err(ErasureError::VersionChanged { expected: v, found });
+        };
+        let m = self.read_version(bucket, name, key, &holders, deadline).await?;
+        let states = r
+            .listings
+            .iter()
+            .enumerate()
+            .map(|(pos, slot)| match versions::heard(slot) {
+                None => MetaState::Unknown,
+                Some(_) if holders.contains(&pos) => MetaState::Match,
+                Some(_) => MetaState::Stale,
+            })
+            .collect();
+        Ok((m, states))
     }
 
     /// Read `len` bytes at `offset` of an object (the whole object with
@@ -126,15 +102,7 @@ impl ErasureSet {
         out: &mut (dyn AsyncWrite + Unpin + Send),
         deadline: Deadline,
     ) -> Result<GetReport, ErasureError> {
-        let (m, states) = self.read_meta(bucket, name, deadline, false).await?;
-        if let Some(v) = expect {
-            if v != m.version {
-                return Err(ErasureError::VersionChanged {
-                    expected: v,
-                    found: m.version,
-                });
-            }
-        }
+        let (m, states) = self.meta_of(bucket, name, expect, deadline).await?;
         let geo = m.geometry();
         let (offset, len) = match range {
             None => (0, m.size),
@@ -262,15 +230,27 @@ impl ErasureSet {
         let launch = |pos: usize, futs: &mut FuturesUnordered<_>| {
             let disk = self.disks[pos].clone();
             let (bk, path) = (bucket.to_string(), shard_file.to_string());
+            let (tmp, grave) = (self.cfg.tmp_volume.clone(), meta::grave_path(m.version));
             let d = deadline_of(&self.cfg, OpClass::ReadFileAt, deadline);
             let fut: BoxFuture<'static, (usize, Result<Vec<u8>, DiskError>)> =
                 Box::pin(async move {
-                    let r = bounded(
+                    let mut r = bounded(
                         OpClass::ReadFileAt,
                         d,
                         disk.read_file_at(&bk, &path, off, blen, d),
                     )
                     .await;
+                    // Superseded while this read was under way: the shard
+                    // file waits in the graveyard for `superseded_grace`.
+                    if matches!(r, Err(DiskError::FileNotFound)) {
+                        r = bounded(
+                            OpClass::ReadFileAt,
+                            d,
+                            disk.read_file_at(&tmp, &grave, off, blen, d),
+                        )
+                        .await
+                        .map_err(|_| DiskError::FileNotFound);
+                    }
                     (pos, r)
                 });
             futs.push(fut);
@@ -386,47 +366,6 @@ impl ErasureSet {
         })??;
         all.truncate(k);
         Ok(all)
-    }
-}
-
-/// Whether the metadata answers so far decide the read.
-enum MetaDecision {
-    /// A read quorum of identical copies.
-    Winner(ObjectMeta),
-    /// A read quorum answered the same error (e.g. not found).
-    Error,
-    /// Not yet.
-    Undecided,
-}
-
-fn meta_decision(rs: &[Slot<Result<ObjectMeta, ()>>], rq: usize) -> MetaDecision {
-    let oks: Vec<&ObjectMeta> = rs
-        .iter()
-        .filter_map(|r| match r {
-            Some(Ok(Ok(m))) => Some(m),
-            _ => None,
-        })
-        .collect();
-    for m in &oks {
-        if oks.iter().filter(|o| *o == m).count() >= rq {
-            return MetaDecision::Winner((*m).clone());
-        }
-    }
-    let mut kinds: Vec<(std::mem::Discriminant<DiskError>, usize)> = Vec::new();
-    for e in rs.iter().flatten().filter_map(|r| r.as_ref().err()) {
-        if e.is_unavailable() {
-            continue;
-        }
-        let d = std::mem::discriminant(e);
-        match kinds.iter_mut().find(|(k, _)| *k == d) {
-            Some((_, c)) => *c += 1,
-            None => kinds.push((d, 1)),
-        }
-    }
-    if kinds.iter().any(|(_, c)| *c >= rq) {
-        MetaDecision::Error
-    } else {
-        MetaDecision::Undecided
     }
 }
 

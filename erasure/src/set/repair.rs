@@ -27,17 +27,25 @@ impl ErasureSet {
         deep: bool,
         deadline: Deadline,
     ) -> Result<HealReport, ErasureError> {
-        let (m, states) = match self.read_meta(bucket, name, deadline, true).await {
-            Ok(x) => x,
-            // Deleted (or never committed) on a write quorum, yet a disk
-            // still has it: a disk that was away during the delete. Its
-            // leftover copy goes; otherwise every scan would find it again.
-            Err(ErasureError::Quorum(q)) if self.deleted_on_quorum(&q) => {
-                self.purge_leftovers(bucket, name, deadline).await;
-                return Err(ErasureError::ObjectNotFound);
-            }
-            Err(e) => return Err(e),
-        };
+        self.check_bucket(bucket)?;
+        meta::check_name(name)?;
+        let r = self.resolve(bucket, name, deadline, true).await;
+        if let versions::Decision::Chosen {
+            key,
+            kind: meta::VersionKind::Tombstone,
+            holders,
+        } = &r.decision
+        {
+            return Ok(self.heal_tombstone(bucket, name, *key, holders, &r, deadline).await);
+        }
+        let (key, holders) = self.current(&r, deadline)?;
+        if !deep && self.known_unhealable(bucket, name, key.id) {
+            return Err(ErasureError::Unhealable {
+                version: key.id,
+            });
+        }
+        let m = self.read_version(bucket, name, key, &holders, deadline).await?;
+        let states = r.states();
         let expected_size = m.geometry().shard_file_size();
         let n = self.n();
         let shard_file = meta::shard_path(name, m.version);
@@ -84,10 +92,38 @@ impl ErasureSet {
                 _ => report.skipped.push(pos),
             }
         }
+        // Older versions left on disks that missed the write that
+        // superseded them go now.
+        let older: Vec<usize> = r
+            .all_versions()
+            .iter()
+            .filter(|(k, _, _)| *k < key)
+            .flat_map(|(_, _, h)| h.clone())
+            .collect();
+        for pos in 0..n {
+            if older.contains(&pos) && report.good.contains(&pos) {
+                self.spawn_supersede(pos, bucket, name, key);
+            }
+        }
         if targets.is_empty() {
+            self.mark_unhealable(bucket, name, None);
             return Ok(report);
         }
         if report.good.len() < m.data {
+            if report.good.len() + report.skipped.len() < m.data {
+                self.mark_unhealable(
+                    bucket,
+                    name,
+                    Some(UnhealableObject {
+                        bucket: bucket.to_string(),
+                        object: name.to_string(),
+                        version: m.version,
+                        good: report.good.len(),
+                        needed: m.data,
+                        since: SystemTime::now(),
+                    }),
+                );
+            }
             let mut t = Tally::new(QuorumOp::ReadData, m.data, n);
             for pos in 0..n {
                 if report.good.contains(&pos) {
@@ -103,6 +139,7 @@ impl ErasureSet {
         self.rebuild(
             bucket,
             name,
+            key,
             &m,
             &report.good.clone(),
             &targets,
@@ -110,8 +147,14 @@ impl ErasureSet {
             deadline,
         )
         .await;
-        for _ in &report.healed {
+        if report.failed.is_empty() {
+            self.mark_unhealable(bucket, name, None);
+        }
+        for &pos in &report.healed {
             metrics::heal_shard(true);
+            if older.contains(&pos) {
+                self.spawn_supersede(pos, bucket, name, key);
+            }
         }
         for _ in &report.failed {
             metrics::heal_shard(false);
@@ -119,70 +162,48 @@ impl ErasureSet {
         Ok(report)
     }
 
-    /// Whether a write quorum of disks answered that the object's
-    /// metadata does not exist.
-    fn deleted_on_quorum(&self, q: &crate::quorum::QuorumError) -> bool {
-        q.counts()
-            .errors
-            .iter()
-            .any(|e| e.error == DiskError::FileNotFound && e.count >= self.write_quorum())
-    }
-
-    /// On every disk: delete the object's metadata and its version's shard
-    /// file when that metadata is older than `leftover_min_age` (a fresh
-    /// one may belong to a PUT still writing its metadata).
-    async fn purge_leftovers(&self, bucket: &str, name: &str, deadline: Deadline) {
-        let (b, p, f) = (bucket.to_string(), meta::meta_path(name), name.to_string());
-        let min_age = self.cfg.leftover_min_age;
-        let max_meta = self.cfg.max_meta_size;
-        let set_size = self.n();
-        let purged = self
-            .gather(
-                deadline,
-                OpClass::Delete,
-                move |_, disk, d| {
-                    let (b, p, f) = (b.clone(), p.clone(), f.clone());
-                    Box::pin(async move {
-                        let bytes = disk.read_all(&b, &p, d).await?;
-                        if bytes.len() > max_meta {
-                            return Ok(false);
-                        }
-                        let m = ObjectMeta::from_bytes(&bytes, set_size).map_err(|_| {
-                            DiskError::InvalidArgument {
-                                reason: "corrupt leftover metadata".into(),
-                            }
-                        })?;
-                        let written = SystemTime::UNIX_EPOCH + Duration::from_nanos(m.mod_time_ns);
-                        if SystemTime::now()
-                            .duration_since(written)
-                            .is_ok_and(|age| age < min_age)
-                        {
-                            return Ok(false);
-                        }
-                        disk.delete(&b, &p, DeleteOptions::default(), d).await?;
-                        let shard = meta::shard_path(&f, m.version);
-                        match disk.delete(&b, &shard, DeleteOptions::default(), d).await {
-                            Ok(()) | Err(DiskError::FileNotFound) => Ok(true),
-                            Err(e) => Err(e),
-                        }
-                    })
-                },
-                |_| false,
-                false,
-            )
-            .await;
-        let n = purged
-            .iter()
-            .filter(|r| matches!(r, Some(Ok(true))))
-            .count();
-        if n > 0 {
-            tracing::info!(
-                bucket,
-                object = name,
-                disks = n,
-                "leftover copies of a deleted object purged"
-            );
+    /// Make a chosen tombstone durable: every heard disk gets it (so the
+    /// versions it buried cannot come back when disks holding it are
+    /// lost), and older versions go.
+    async fn heal_tombstone(
+        &self,
+        bucket: &str,
+        name: &str,
+        key: meta::VersionKey,
+        holders: &[usize],
+        r: &versions::Resolution,
+        deadline: Deadline,
+    ) -> HealReport {
+        let mut report = HealReport::default();
+        let path = meta::version_path(name, key, meta::VersionKind::Tombstone);
+        for (pos, slot) in r.listings.iter().enumerate() {
+            if versions::heard(slot).is_none() {
+                report.skipped.push(pos);
+                continue;
+            }
+            if !holders.contains(&pos) {
+                let d = deadline_of(&self.cfg, OpClass::WriteAll, deadline);
+                let w = bounded(
+                    OpClass::WriteAll,
+                    d,
+                    self.disks[pos].write_all(bucket, &path, &[], d),
+                )
+                .await;
+                match w {
+                    Ok(()) => report.healed.push(pos),
+                    Err(e) => {
+                        report.failed.push((pos, e));
+                        continue;
+                    }
+                }
+            } else {
+                report.good.push(pos);
+            }
+            if r.all_versions().iter().any(|(k, _, h)| *k < key && h.contains(&pos)) {
+                self.spawn_supersede(pos, bucket, name, key);
+            }
         }
+        report
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -190,6 +211,7 @@ impl ErasureSet {
         &self,
         bucket: &str,
         name: &str,
+        key: meta::VersionKey,
         m: &ObjectMeta,
         sources: &[usize],
         targets: &[usize],
@@ -312,7 +334,12 @@ impl ErasureSet {
                 bounded(
                     OpClass::WriteAll,
                     d,
-                    disk.write_all(bucket, &meta::meta_path(name), &bytes, d),
+                    disk.write_all(
+                        bucket,
+                        &meta::version_path(name, key, meta::VersionKind::Object),
+                        &bytes,
+                        d,
+                    ),
                 )
                 .await?;
                 let d = deadline_of(&self.cfg, OpClass::ReadFileAt, deadline);
@@ -336,7 +363,6 @@ impl ErasureSet {
                         "shard healed and verified"
                     );
                     report.healed.push(pos);
-                    self.spawn_object_cleanup(pos, bucket, name, Shards::AllBut(m.version), false);
                 }
                 Err(e) => {
                     spawn_cleanup(
@@ -372,6 +398,10 @@ impl ErasureSet {
                         };
                         let mut removed = 0usize;
                         for e in entries.into_iter().take(max_entries) {
+                            // The graveyard has its own clock (`collect`).
+                            if e.trim_end_matches('/') == meta::GRAVEYARD {
+                                continue;
+                            }
                             let (name, recursive) = match e.strip_suffix('/') {
                                 Some(dir) => (dir.to_string(), true),
                                 None => (e, false),
@@ -430,7 +460,7 @@ impl ErasureSet {
                     });
                 }
             }
-            if entries.contains(meta::META_FILE) {
+            if entries.iter().any(|e| meta::VersionKey::parse(e).is_some()) {
                 objects.push(dir);
             }
         }

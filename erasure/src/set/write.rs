@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use super::*;
+use crate::meta::{VersionKey, VersionKind};
 
 impl ErasureSet {
     /// Write an object, streamed from `src` in blocks of `block_size`.
@@ -43,13 +44,26 @@ impl ErasureSet {
         self.check_user_meta(&opts.user)?;
         meta::check_name(name)?;
         let n = self.n();
-        let version = Uuid::new_v4();
+        let version = opts.version.unwrap_or_else(meta::new_version_id);
         let distribution = meta::distribution(name, n);
         let shard_file = meta::shard_path(name, version);
         let mut w = Writers {
             txs: Vec::with_capacity(n),
             handles: Vec::with_capacity(n),
             dropped: vec![None; n],
+        };
+        // From here on, whatever ends this call (an error, or the caller
+        // dropping it when its client goes away) leaves nothing behind
+        // that could ever become visible: see `PutGuard`.
+        let mut guard = PutGuard {
+            disks: self.disks.clone(),
+            cfg: self.cfg.clone(),
+            heal: self.heal.clone(),
+            set: self.index,
+            bucket: bucket.to_string(),
+            name: name.to_string(),
+            version,
+            stage: Stage::Data,
         };
         for disk in &self.disks {
             let (tx, rx) = mpsc::channel(self.cfg.write_queue_blocks);
@@ -78,28 +92,13 @@ impl ErasureSet {
                 bucket,
                 name,
                 version,
+                &mut guard,
             )
             .await;
-        match r {
-            Ok(report) => Ok(report),
-            Err(e) => {
-                w.abort_all();
-                // Nothing is visible (no metadata names this version); take
-                // the staged and renamed shard files away in the background.
-                for (pos, disk) in self.disks.iter().enumerate() {
-                    spawn_cleanup(
-                        disk.clone(),
-                        &self.cfg,
-                        self.cfg.tmp_volume.clone(),
-                        version.to_string(),
-                    );
-                    // This version's shard file, then the directories its
-                    // rename created if nothing else is in them.
-                    self.spawn_object_cleanup(pos, bucket, name, Shards::Only(version), true);
-                }
-                Err(e)
-            }
+        if r.is_err() {
+            w.abort_all();
         }
+        r
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -113,47 +112,59 @@ impl ErasureSet {
         bucket: &str,
         name: &str,
         version: Uuid,
+        guard: &mut PutGuard,
     ) -> Result<PutReport, ErasureError> {
         let n = self.n();
         let block_size = self.cfg.block_size;
-        let mut geo = Geometry {
-            data: self.data,
-            parity: self.parity,
-            block_size: block_size as u64,
-            size: 0,
+        // The version clock is read while the data streams (it costs no
+        // time on the write's path unless the disks are slower than it).
+        let clock = self.version_clock(bucket, name, deadline);
+        let data = async {
+            let mut geo = Geometry {
+                data: self.data,
+                parity: self.parity,
+                block_size: block_size as u64,
+                size: 0,
+            };
+            let mut enc = Encoder::new(self.data, self.parity);
+            let mut hashers: Vec<blake3::Hasher> = (0..n).map(|_| blake3::Hasher::new()).collect();
+            let mut buf = vec![0u8; block_size];
+            let mut size: u64 = 0;
+            loop {
+                let len = fill(src, &mut buf, deadline).await?;
+                if len == 0 {
+                    break;
+                }
+                size += len as u64;
+                let shards = enc.encode(&buf[..len], geo.shard_len(len as u64))?;
+                for (i, s) in shards.iter().enumerate() {
+                    hashers[i].update(&s[..HASH_LEN]);
+                }
+                let shards: Vec<Arc<Vec<u8>>> = shards.into_iter().map(Arc::new).collect();
+                let msgs: Vec<Msg> = (0..n)
+                    .map(|pos| Msg::Block(shards[distribution[pos]].clone()))
+                    .collect();
+                self.send_all(w, msgs, deadline).await?;
+                if len < block_size {
+                    break;
+                }
+            }
+            geo.size = size;
+            let mut user = opts.user;
+            if let Some(finish) = opts.finish {
+                user.extend(finish(size));
+                self.check_user_meta(&user)?;
+            }
+            self.send_all(w, (0..n).map(|_| Msg::Finish).collect(), deadline)
+                .await?;
+            self.await_commits(w, deadline).await?;
+            Ok::<_, ErasureError>((geo, hashers, size, user))
         };
-        let mut enc = Encoder::new(self.data, self.parity);
-        let mut hashers: Vec<blake3::Hasher> = (0..n).map(|_| blake3::Hasher::new()).collect();
-        let mut buf = vec![0u8; block_size];
-        let mut size: u64 = 0;
-        loop {
-            let len = fill(src, &mut buf, deadline).await?;
-            if len == 0 {
-                break;
-            }
-            size += len as u64;
-            let shards = enc.encode(&buf[..len], geo.shard_len(len as u64))?;
-            for (i, s) in shards.iter().enumerate() {
-                hashers[i].update(&s[..HASH_LEN]);
-            }
-            let shards: Vec<Arc<Vec<u8>>> = shards.into_iter().map(Arc::new).collect();
-            let msgs: Vec<Msg> = (0..n)
-                .map(|pos| Msg::Block(shards[distribution[pos]].clone()))
-                .collect();
-            self.send_all(w, msgs, deadline).await?;
-            if len < block_size {
-                break;
-            }
-        }
-        geo.size = size;
-        let mut user = opts.user;
-        if let Some(finish) = opts.finish {
-            user.extend(finish(size));
-            self.check_user_meta(&user)?;
-        }
-        self.send_all(w, (0..n).map(|_| Msg::Finish).collect(), deadline)
-            .await?;
-        self.await_commits(w, deadline).await?;
+        let (seen, (geo, hashers, size, user)) = tokio::try_join!(clock, data)?;
+        let key = VersionKey {
+            ts: meta::now_ns().max(seen.map_or(0, |t| t + 1)),
+            id: version,
+        };
 
         let meta = ObjectMeta {
             format: META_FORMAT,
@@ -174,71 +185,30 @@ impl ErasureSet {
             user,
         };
         debug_assert_eq!(geo.shard_file_size(), meta.geometry().shard_file_size());
-        let bytes = Arc::new(meta.to_bytes());
-        let committed: Vec<bool> = w.dropped.iter().map(Option::is_none).collect();
-        let (b, p) = (bucket.to_string(), meta::meta_path(name));
-        let wq = self.write_quorum();
-        let committed2 = committed.clone();
-        let results = self
-            .gather(
+        guard.stage = Stage::Committing;
+        let commit = self
+            .commit_version(
+                bucket,
+                name,
+                key,
+                VersionKind::Object,
+                Arc::new(meta.to_bytes()),
+                &w.dropped,
                 deadline,
-                OpClass::WriteAll,
-                move |pos, disk, d| {
-                    let (b, p, bytes) = (b.clone(), p.clone(), bytes.clone());
-                    let skip = !committed2[pos];
-                    Box::pin(async move {
-                        if skip {
-                            // Dropped from the write: no metadata without
-                            // its shard. (Its data-phase error is what the
-                            // tally below counts for it; this placeholder is
-                            // of the unavailable family so it does not count
-                            // as the disk keeping up.)
-                            return Err(DiskError::Busy {
-                                reason: "dropped from this write".to_string(),
-                            });
-                        }
-                        disk.write_all(&b, &p, &bytes, d).await
-                    })
-                },
-                |rs| rs.iter().filter(|r| matches!(r, Some(Ok(())))).count() >= wq,
-                true,
             )
             .await;
-        let mut t = Tally::new(QuorumOp::WriteMeta, wq, n);
-        let mut written = Vec::new();
-        let mut missed = Vec::new();
-        for (pos, result) in results.iter().enumerate() {
-            let admits = self.admits(pos);
-            match (&w.dropped[pos], result) {
-                (Some(e), _) => t.err(e.clone(), admits),
-                (None, Some(Ok(()))) => {
-                    t.ok(admits);
-                    written.push(pos);
-                    continue;
-                }
-                (None, Some(Err(e))) => t.err(e.clone(), admits),
-                (None, None) => t.missing(admits),
+        let (written, missed) = match commit {
+            Ok(c) => c,
+            Err(Uncommitted { error, definite }) => {
+                guard.stage = if definite {
+                    Stage::Failed(key)
+                } else {
+                    Stage::Indeterminate
+                };
+                return Err(error);
             }
-            missed.push(pos);
-        }
-        match self.decide(&t, deadline) {
-            Ok(Outcome::Met { .. }) => {}
-            Ok(Outcome::Agreed(e)) => {
-                self.rollback_meta(bucket, name, &written);
-                return Err(agreed(e));
-            }
-            Err(e) => {
-                self.rollback_meta(bucket, name, &written);
-                return Err(e);
-            }
-        }
-        if !missed.is_empty() {
-            self.push_heal(bucket, name);
-        }
-        // Older versions' shard files on the disks that took this one.
-        for &pos in &written {
-            self.spawn_object_cleanup(pos, bucket, name, Shards::AllBut(version), false);
-        }
+        };
+        guard.stage = Stage::Done;
         Ok(PutReport {
             version,
             size,
@@ -247,20 +217,59 @@ impl ErasureSet {
         })
     }
 
-    /// The metadata landed on too few disks: take it away again so the
-    /// failed version is not visible (those disks lose the previous
-    /// version's metadata and are queued for healing).
-    fn rollback_meta(&self, bucket: &str, name: &str, written: &[usize]) {
-        for &pos in written {
-            spawn_cleanup(
-                self.disks[pos].clone(),
-                &self.cfg,
-                bucket.to_string(),
-                meta::meta_path(name),
-            );
+    /// The newest version timestamp a threshold of disks list for the
+    /// object (`None`: no versions). A write orders after it, hence after
+    /// every write acknowledged before this one started (an acknowledged
+    /// write is on a write quorum, which meets any threshold of disks).
+    pub(crate) async fn version_clock(
+        &self,
+        bucket: &str,
+        name: &str,
+        deadline: Deadline,
+    ) -> Result<Option<u64>, ErasureError> {
+        let t = self.threshold();
+        let (b, p) = (bucket.to_string(), name.to_string());
+        let listings: Vec<versions::ListingSlot> = self
+            .gather(
+                deadline,
+                OpClass::ListDir,
+                move |_, disk, d| {
+                    let (b, p) = (b.clone(), p.clone());
+                    Box::pin(async move {
+                        disk.list_dir(&b, &p, d)
+                            .await
+                            .map(versions::DirListing::parse)
+                    })
+                },
+                |rs| rs.iter().filter(|s| versions::heard(s).is_some()).count() >= t,
+                false,
+            )
+            .await;
+        let missing_bucket = listings
+            .iter()
+            .filter(|s| matches!(s, Some(Err(DiskError::VolumeNotFound))))
+            .count();
+        if missing_bucket >= t {
+            return Err(ErasureError::BucketNotFound);
         }
-        if !written.is_empty() {
-            self.push_heal(bucket, name);
+        let mut tally = Tally::new(QuorumOp::List, t, self.n());
+        let mut newest = None;
+        for (pos, slot) in listings.iter().enumerate() {
+            let admits = self.admits(pos);
+            match versions::heard(slot) {
+                Some(vs) => {
+                    tally.ok(admits);
+                    newest = newest.max(vs.iter().map(|(k, _)| k.ts).max());
+                }
+                None => match slot {
+                    Some(Err(e)) => tally.err(e.clone(), admits),
+                    _ => tally.missing(admits),
+                },
+            }
+        }
+        match self.decide(&tally, deadline)? {
+            Outcome::Met { .. } => Ok(newest),
+            Outcome::Agreed(e) => Err(agreed(e)),
         }
     }
 
@@ -610,6 +619,80 @@ pub struct PutOptions<'a> {
     /// the bytes the caller computed while they streamed, say).
     #[allow(clippy::type_complexity)]
     pub finish: Option<Box<dyn FnOnce(u64) -> BTreeMap<String, String> + Send + 'a>>,
+    /// The version id to write under (a fresh UUIDv7 when `None`): a
+    /// caller that must record the id before the write lands (a
+    /// multipart Complete) picks it. Must be a UUIDv7 never used before.
+    pub version: Option<Uuid>,
+}
+
+/// Where a PUT is, for what its end must clean up.
+#[derive(Clone, Copy, Debug)]
+enum Stage {
+    /// Streaming shards: nothing is visible; staged and renamed shard
+    /// files go.
+    Data,
+    /// Writing the version file: it may become visible on its own.
+    Committing,
+    /// The commit failed and cannot be chosen: its files go, the version
+    /// file `key` too.
+    Failed(VersionKey),
+    /// The commit failed but may be chosen: heal decides.
+    Indeterminate,
+    /// Acknowledged.
+    Done,
+}
+
+/// Cleans up after a PUT however it ends, including when its future is
+/// dropped (the S3 client went away mid-body): the drop runs the cleanup
+/// in the background. Before this, an abandoned PUT left orphan shard
+/// files that nothing removed.
+struct PutGuard {
+    disks: Vec<Arc<dyn Disk>>,
+    cfg: Arc<ErasureConfig>,
+    heal: Arc<HealQueue>,
+    set: usize,
+    bucket: String,
+    name: String,
+    version: Uuid,
+    stage: Stage,
+}
+
+impl Drop for PutGuard {
+    fn drop(&mut self) {
+        let key = match self.stage {
+            Stage::Done => return,
+            Stage::Committing | Stage::Indeterminate => {
+                // It may be chosen: the healer completes it if it is;
+                // the collector removes it if it is not.
+                self.heal.push(HealTask {
+                    set: self.set,
+                    bucket: self.bucket.clone(),
+                    object: self.name.clone(),
+                });
+                return;
+            }
+            Stage::Data => None,
+            Stage::Failed(key) => Some(key),
+        };
+        // A task dropped outside a runtime (shutdown) cannot clean up; the
+        // collector does later.
+        if tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
+        for disk in &self.disks {
+            let mut paths = vec![meta::shard_path(&self.name, self.version)];
+            if let Some(k) = key {
+                paths.push(meta::version_path(&self.name, k, VersionKind::Object));
+            }
+            spawn_cleanup(
+                disk.clone(),
+                &self.cfg,
+                self.cfg.tmp_volume.clone(),
+                self.version.to_string(),
+            );
+            spawn_discard(disk.clone(), &self.cfg, &self.bucket, &self.name, paths);
+        }
+    }
 }
 
 impl ErasureSet {

@@ -64,8 +64,15 @@ impl Fixture {
 pub fn test_config() -> ErasureConfig {
     ErasureConfig {
         block_size: 256 << 10,
+        commit_window: fx_window(),
+        superseded_grace: fx_window(),
         ..ErasureConfig::default()
     }
+}
+
+/// The collector's commit window and graveyard grace in these tests.
+pub fn fx_window() -> Duration {
+    Duration::from_millis(300)
 }
 
 /// 8 disks, 4+4; the positions in `faulty` are on FaultFs mounts.
