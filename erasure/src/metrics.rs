@@ -91,8 +91,7 @@ pub const UNHEALABLE: &str = "diskio_unhealable_objects";
 
 pub(crate) fn gc_removed(set: usize, kind: &'static str, n: usize) {
     if n > 0 {
-        metrics::counter!(GC_REMOVED, "set" => set.to_string(), "kind" => kind)
-            .increment(n as u64);
+        metrics::counter!(GC_REMOVED, "set" => set.to_string(), "kind" => kind).increment(n as u64);
     }
 }
 

@@ -107,10 +107,18 @@ async fn same_body_retries_and_deletes_racing_puts_agree_everywhere() {
                 );
                 let info = fx.set.stat_object(BUCKET, "r", long()).await.unwrap();
                 assert_eq!(info.size, back.len() as u64);
-                assert!(fx.set.list(BUCKET, "", long()).await.unwrap().contains(&"r".into()));
+                assert!(fx
+                    .set
+                    .list(BUCKET, "", long())
+                    .await
+                    .unwrap()
+                    .contains(&"r".into()));
             }
             Err(ErasureError::ObjectNotFound) => {
-                assert!(outcomes.contains(&None), "round {round}: lost without a DELETE");
+                assert!(
+                    outcomes.contains(&None),
+                    "round {round}: lost without a DELETE"
+                );
                 assert_eq!(
                     fx.set.stat_object(BUCKET, "r", long()).await,
                     Err(ErasureError::ObjectNotFound)
@@ -173,7 +181,10 @@ async fn a_get_in_flight_finishes_with_its_version_while_replaced_and_deleted() 
     };
     let (r, ()) = tokio::join!(reading, replacing);
     r.expect("the GET finishes");
-    assert!(sink.buf == old, "the GET streamed the version it began with");
+    assert!(
+        sink.buf == old,
+        "the GET streamed the version it began with"
+    );
     assert_eq!(
         fx.set.stat_object(BUCKET, "g", long()).await,
         Err(ErasureError::ObjectNotFound)
@@ -233,10 +244,53 @@ impl tokio::io::AsyncRead for SlowSource {
             }
         }
         self.sleep = Some(Box::pin(tokio::time::sleep(Duration::from_millis(20))));
-        let n = (self.data.len() - self.at).min(64 << 10).min(buf.remaining());
+        let n = (self.data.len() - self.at)
+            .min(64 << 10)
+            .min(buf.remaining());
         let at = self.at;
         buf.put_slice(&self.data[at..at + n]);
         self.at += n;
         Poll::Ready(Ok(()))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bucket_deletes_right_after_its_last_object_and_never_under_an_acked_put() {
+    let fx = fixture(&[], test_config()).await;
+    put(&fx.set, "a", b"x", long()).await;
+    put(&fx.set, "a", b"y", long()).await;
+    assert_eq!(
+        fx.set.delete_bucket(BUCKET, long()).await,
+        Err(ErasureError::BucketNotEmpty)
+    );
+    fx.set.delete_object(BUCKET, "a", long()).await.unwrap();
+    fx.set
+        .delete_bucket(BUCKET, long())
+        .await
+        .expect("deletable at once after its last object");
+    // DeleteBucket racing PUTs: never both acknowledged with the object
+    // then gone.
+    for round in 0..5 {
+        fx.set.make_bucket(BUCKET, long()).await.unwrap();
+        let data = body(round, 1);
+        let (p, d) = tokio::join!(
+            async {
+                let mut src: &[u8] = &data;
+                fx.set.put_object(BUCKET, "race", &mut src, long()).await
+            },
+            fx.set.delete_bucket(BUCKET, long())
+        );
+        match (p.is_ok(), d.is_ok()) {
+            (true, true) => panic!("round {round}: PUT and DeleteBucket both acknowledged"),
+            (true, false) => {
+                let (back, _) = get(&fx.set, "race", None, long()).await.unwrap();
+                assert!(back == data);
+                fx.set.delete_object(BUCKET, "race", long()).await.unwrap();
+                fx.set.delete_bucket(BUCKET, long()).await.unwrap();
+            }
+            (false, _) => {
+                let _ = fx.set.delete_bucket(BUCKET, long()).await;
+            }
+        }
     }
 }

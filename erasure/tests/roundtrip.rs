@@ -121,7 +121,9 @@ async fn stat_list_delete_and_overwrite_follow_quorum() {
     // for `superseded_grace`.
     let graves = |root: &std::path::Path| files_under(&root.join("diskio-tmp/superseded"));
     for root in &fx.backing {
-        eventually("the old shard file is in the graveyard", || graves(root).len() == 1)
+        eventually("the old shard file is in the graveyard", || {
+            graves(root).len() == 1
+        })
         .await;
     }
     fx.set

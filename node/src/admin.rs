@@ -156,6 +156,68 @@ pub struct ClusterView {
     pub healed: u64,
     /// Set scans this node completed since it started.
     pub scans: u64,
+    /// What this node's collector removed since it started.
+    #[serde(default)]
+    pub collector: CollectorView,
+    /// Objects this node found unhealable (fewer good shards than data
+    /// shards), not healed or replaced since.
+    #[serde(default)]
+    pub unhealable: Vec<UnhealableView>,
+}
+
+/// The collector's totals on the answering node.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct CollectorView {
+    /// Collector passes (one per set) completed.
+    pub passes: u64,
+    /// When (Unix ms) the last pass ended; none yet.
+    pub last_ms: Option<u64>,
+    /// Superseded versions removed (per disk copy).
+    pub superseded: u64,
+    /// Tombstones removed (per disk copy).
+    pub tombstones: u64,
+    /// Versions of failed writes removed (per disk copy).
+    pub failed_versions: u64,
+    /// Orphan shard files moved to the graveyard.
+    pub orphan_shards: u64,
+    /// Graveyard files deleted.
+    pub graves: u64,
+    /// Staging files deleted.
+    pub staging: u64,
+    /// Empty directories removed.
+    pub directories: u64,
+    /// Parts and records of abandoned multipart uploads removed.
+    pub uploads: u64,
+}
+
+impl CollectorView {
+    /// Add one pass's counts.
+    pub fn add(&mut self, r: &disk_io_erasure::CollectReport) {
+        self.superseded += r.superseded as u64;
+        self.tombstones += r.tombstones as u64;
+        self.failed_versions += r.failed_versions as u64;
+        self.orphan_shards += r.orphan_shards as u64;
+        self.graves += r.graves as u64;
+        self.staging += r.staging as u64;
+        self.directories += r.directories as u64;
+    }
+}
+
+/// One unhealable object.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct UnhealableView {
+    /// Set index.
+    pub set: usize,
+    /// Bucket.
+    pub bucket: String,
+    /// Object.
+    pub object: String,
+    /// Version id.
+    pub version: String,
+    /// Good copies found.
+    pub good: usize,
+    /// Copies needed.
+    pub needed: usize,
 }
 
 fn state_name(s: HealthState) -> &'static str {
@@ -194,6 +256,7 @@ pub fn cluster_view(
     healed: u64,
     scans: u64,
     scanned_ms: &[Option<u64>],
+    collector: CollectorView,
 ) -> ClusterView {
     let nodes = nodes
         .iter()
@@ -219,6 +282,7 @@ pub fn cluster_view(
             },
         })
         .collect();
+    let sets_of = sets;
     let (sets, heal_queue) = match sets {
         None => (Vec::new(), 0),
         Some(s) => (
@@ -246,6 +310,23 @@ pub fn cluster_view(
             s.heal_queue().len(),
         ),
     };
+    let unhealable = sets_of
+        .map(|s| {
+            s.sets()
+                .iter()
+                .flat_map(|set| {
+                    set.unhealable().into_iter().map(|o| UnhealableView {
+                        set: set.index(),
+                        bucket: o.bucket,
+                        object: o.object,
+                        version: o.version.to_string(),
+                        good: o.good,
+                        needed: o.needed,
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
     ClusterView {
         node: node.to_string(),
         ready,
@@ -254,6 +335,8 @@ pub fn cluster_view(
         heal_queue,
         healed,
         scans,
+        collector,
+        unhealable,
     }
 }
 

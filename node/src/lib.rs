@@ -81,6 +81,27 @@ pub struct NodeOptions {
     pub scan_online_wait: Duration,
     /// Pause before scanning again after a scan that could not heal all.
     pub scan_retry: Duration,
+    /// How often the collector runs (what failed, abandoned and
+    /// superseded writes left; see `disk_io_erasure` "collect").
+    pub collect_interval: Duration,
+    /// Budget of one collector pass over one set.
+    pub collect_budget: Duration,
+}
+
+impl NodeOptions {
+    /// The erasure config the node runs with: the collector's commit
+    /// window and graveyard grace raised to what this node's budgets
+    /// require (a write may land until its transfer budget and the RPC
+    /// replay window have passed; a GET streams for up to a transfer
+    /// budget), so no setting of the budgets makes the collector remove
+    /// a live file.
+    pub fn erasure_config(&self) -> disk_io_erasure::ErasureConfig {
+        let mut e = self.erasure.clone();
+        let longest = self.objects.transfer_budget.max(self.objects.meta_budget);
+        e.commit_window = e.commit_window.max(longest + self.rpc.replay_window);
+        e.superseded_grace = e.superseded_grace.max(longest);
+        e
+    }
 }
 
 impl NodeOptions {
@@ -109,6 +130,8 @@ impl NodeOptions {
             scan_lock_wait: Duration::from_secs(2),
             scan_online_wait: Duration::from_secs(30),
             scan_retry: Duration::from_secs(10),
+            collect_interval: Duration::from_secs(60),
+            collect_budget: Duration::from_secs(600),
         }
     }
 }

@@ -455,6 +455,7 @@ impl ObjectLayer {
         let (hash, out) = (digest.clone(), etag.clone());
         let opts = PutOptions {
             user,
+            version: None,
             finish: Some(Box::new(move |_size| {
                 let md5 = std::mem::take(&mut *hash.lock().expect("digest lock"));
                 let hex = out.get_or_init(|| hex::encode(md5.finalize())).clone();
@@ -774,7 +775,11 @@ impl ObjectLayer {
         user.insert(key::MPU_PARTS.into(), parts.len().to_string());
         let bytes = serde_json::to_vec(&manifest).expect("manifest serializes");
         let previous = self.previous_manifest(bucket, key).await;
-        let opts = PutOptions { user, finish: None };
+        let opts = PutOptions {
+            user,
+            finish: None,
+            version: None,
+        };
         self.sets
             .set_for(bucket, key)
             .put_object_with(bucket, key, &mut bytes.as_slice(), opts, d)

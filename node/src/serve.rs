@@ -49,6 +49,8 @@ pub struct Node {
     scans: AtomicU64,
     /// Per set: start (Unix ms) of this node's last complete scan.
     scanned_ms: std::sync::Mutex<Vec<Option<u64>>>,
+    /// The collector's totals.
+    collected: std::sync::Mutex<crate::admin::CollectorView>,
     iam_listener: OnceLock<IamListener>,
 }
 
@@ -70,6 +72,10 @@ impl NodeState for Node {
             self.healed.load(Ordering::Relaxed),
             self.scans.load(Ordering::Relaxed),
             &self.scanned_ms.lock().unwrap_or_else(|e| e.into_inner()),
+            self.collected
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
         )
     }
 
@@ -125,6 +131,7 @@ pub async fn serve(
         healed: AtomicU64::new(0),
         scans: AtomicU64::new(0),
         scanned_ms: std::sync::Mutex::new(Vec::new()),
+        collected: Default::default(),
         iam_listener: OnceLock::new(),
     });
     metrics::gauge!(NODE_READY).set(0.0);
@@ -251,7 +258,7 @@ async fn bootstrap(
     let (sets, reports) = ErasureSets::open(
         topo,
         |slot| disks[&slot].clone(),
-        opts.erasure.clone(),
+        opts.erasure_config(),
         Deadline::after(opts.sets_open_deadline),
     )
     .await
@@ -339,6 +346,7 @@ async fn bootstrap(
 
     tokio::spawn(healer(node.clone(), sets.clone(), stop.clone()));
     tokio::spawn(scanner(node.clone(), opts.clone(), stop.clone()));
+    tokio::spawn(collector(node.clone(), opts.clone(), stop.clone()));
     crate::http::serve_s3(s3_listener, service, &opts.s3_http, stop).await;
     Ok(())
 }
@@ -379,7 +387,11 @@ async fn scanner(node: Arc<Node>, opts: NodeOptions, mut stop: tokio::sync::watc
     let Some(ready) = node.ready.get() else {
         return;
     };
-    let mut last_scan = Instant::now();
+    // The deep (bitrot) scan keeps its own schedule: quick scans for a
+    // returning peer, or retries after an incomplete scan, never postpone
+    // it. (Before, an incomplete scan made every later scan quick, so one
+    // unhealable object switched bitrot scanning off for good.)
+    let mut last_deep = Instant::now();
     // The breakers' open counts: a peer away for less than one poll still
     // moves its count.
     let mut opens: Vec<u64> = node.peers.iter().map(|p| p.breaker_opened()).collect();
@@ -398,7 +410,7 @@ async fn scanner(node: Arc<Node>, opts: NodeOptions, mut stop: tokio::sync::watc
             }
             down |= p.breaker_state() != BreakerState::Closed;
         }
-        let due = last_scan.elapsed() >= opts.scan_interval;
+        let due = last_deep.elapsed() >= opts.scan_interval;
         let Some(since) = pending.or(due.then(Instant::now)) else {
             continue;
         };
@@ -418,11 +430,13 @@ async fn scanner(node: Arc<Node>, opts: NodeOptions, mut stop: tokio::sync::watc
         if !online && since.elapsed() < opts.scan_online_wait {
             continue;
         }
-        last_scan = Instant::now();
         // A scan for a returning peer looks for what it missed (metadata
         // and shard files, without reading every shard); the periodic one
         // reads and verifies everything (bitrot).
-        let deep = pending.is_none();
+        let deep = due;
+        if deep {
+            last_deep = Instant::now();
+        }
         let complete = scan_all(&node, ready, &opts, deep).await;
         if !complete {
             tokio::select! {
@@ -431,6 +445,66 @@ async fn scanner(node: Arc<Node>, opts: NodeOptions, mut stop: tokio::sync::watc
             }
         }
         pending = (!complete).then(Instant::now);
+    }
+}
+
+/// Every `collect_interval`: for each set whose collector lock this node
+/// gets, one collector pass over every bucket and the temporary volume.
+/// Every rule of the collector is safe to run from two nodes at once; the
+/// lock only saves the work.
+async fn collector(
+    node: Arc<Node>,
+    opts: NodeOptions,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let Some(ready) = node.ready.get() else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = crate::http::stopped(&mut stop) => return,
+            _ = tokio::time::sleep(opts.collect_interval) => {}
+        }
+        let buckets = match ready
+            .sets
+            .list_buckets(Deadline::after(opts.collect_budget))
+            .await
+        {
+            Ok(b) => b.into_iter().map(|(b, _)| b).collect::<Vec<_>>(),
+            Err(e) => {
+                tracing::warn!(error = %e, "collector: listing buckets failed");
+                continue;
+            }
+        };
+        for set in ready.sets.sets() {
+            let resource = format!("diskio/collect/set-{}", set.index());
+            let Ok(guard) = ready
+                .lock
+                .lock(
+                    &resource,
+                    LockKind::Write,
+                    Deadline::after(opts.scan_lock_wait),
+                )
+                .await
+            else {
+                continue;
+            };
+            let rep = set
+                .collect(&buckets, Deadline::after(opts.collect_budget))
+                .await;
+            drop(guard);
+            if rep.removed() > 0 || rep.truncated {
+                tracing::info!(set = set.index(), ?rep, "collector");
+            }
+            let mut c = node.collected.lock().unwrap_or_else(|e| e.into_inner());
+            c.add(&rep);
+            c.passes += 1;
+            c.last_ms = Some(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64),
+            );
+        }
     }
 }
 

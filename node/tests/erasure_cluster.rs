@@ -569,12 +569,17 @@ fn poweroff_node4_at_30_percent_of_a_512_mib_put_then_read_and_heal() {
     let m = rt
         .block_on(Duration::from_secs(60), async move {
             let set = sets2.set_for(BUCKET, &name2);
+            let d = Deadline::after(Duration::from_secs(20));
+            let entries = set.disks()[0]
+                .list_dir(BUCKET, &name2, d)
+                .await
+                .expect("object directory");
+            let file = entries
+                .iter()
+                .find(|e| e.ends_with(meta::VERSION_SUFFIX))
+                .expect("a version file");
             let raw = set.disks()[0]
-                .read_all(
-                    BUCKET,
-                    &meta::meta_path(&name2),
-                    Deadline::after(Duration::from_secs(20)),
-                )
+                .read_all(BUCKET, &format!("{name2}/{file}"), d)
                 .await
                 .expect("metadata");
             disk_io_erasure::ObjectMeta::from_bytes(&raw, 8).expect("decode metadata")

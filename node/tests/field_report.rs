@@ -302,7 +302,7 @@ fn find_metas(root: &std::path::Path) -> Vec<std::path::PathBuf> {
             }
             if p.is_dir() {
                 stack.push(p);
-            } else if name == "object.meta" {
+            } else if name.to_string_lossy().ends_with(".ver") {
                 out.push(p.strip_prefix(root).unwrap().to_path_buf());
             }
         }

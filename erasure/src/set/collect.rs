@@ -46,6 +46,8 @@ pub struct CollectReport {
     pub directories: usize,
     /// Directories left for later: not every disk heard, or undecided.
     pub deferred: usize,
+    /// Objects found current (a bucket drain stops at the first).
+    pub visible: usize,
     /// The pass stopped early (entry bound or deadline).
     pub truncated: bool,
 }
@@ -62,6 +64,7 @@ impl CollectReport {
         self.staging += o.staging;
         self.directories += o.directories;
         self.deferred += o.deferred;
+        self.visible += o.visible;
         self.truncated |= o.truncated;
     }
 
@@ -87,6 +90,16 @@ impl CollectReport {
     }
 }
 
+/// What a pass over a bucket is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// The scheduled collector.
+    Collect,
+    /// Before deleting the bucket: stop at the first current object;
+    /// deleted objects' files go at once.
+    Drain,
+}
+
 /// When the collector first saw each graveyard file (bounded; a file not
 /// remembered is kept, so forgetting is always safe).
 #[derive(Debug, Default)]
@@ -107,7 +120,7 @@ impl ErasureSet {
                 report.truncated = true;
                 break;
             }
-            let r = self.collect_bucket(b, None, deadline).await;
+            let r = self.collect_bucket(b, Mode::Collect, deadline).await;
             report.add(&r);
         }
         report.graves += self.collect_graveyard(deadline).await;
@@ -116,16 +129,15 @@ impl ErasureSet {
         report
     }
 
-    /// Collect under `prefix` of `bucket` (the whole bucket with `None`).
-    pub async fn collect_bucket(
+    /// One pass over `bucket`.
+    pub(crate) async fn collect_bucket(
         &self,
         bucket: &str,
-        prefix: Option<&str>,
+        mode: Mode,
         deadline: Deadline,
     ) -> CollectReport {
         let mut report = CollectReport::default();
-        let mut dirs: std::collections::VecDeque<String> =
-            [prefix.unwrap_or("").to_string()].into();
+        let mut dirs: std::collections::VecDeque<String> = [String::new()].into();
         let mut visited = 0usize;
         while let Some(dir) = dirs.pop_front() {
             if deadline.is_expired() || visited >= self.cfg.scan_max_entries {
@@ -153,7 +165,11 @@ impl ErasureSet {
                 continue;
             }
             report.dirs += 1;
-            self.collect_dir(bucket, &dir, &listings, &mut report).await;
+            self.collect_dir(bucket, &dir, &listings, mode, &mut report)
+                .await;
+            if mode == Mode::Drain && (report.visible > 0 || report.deferred > 0) {
+                break;
+            }
         }
         report
     }
@@ -164,13 +180,22 @@ impl ErasureSet {
         bucket: &str,
         dir: &str,
         listings: &[ListingSlot],
+        mode: Mode,
         report: &mut CollectReport,
     ) {
         let t = self.threshold();
+        let drain = mode == Mode::Drain;
         let all_heard = listings.iter().all(|s| heard(s).is_some());
         let window = self.cfg.commit_window;
         let decision = decide(listings, t);
         let chosen = match &decision {
+            Decision::Chosen {
+                kind: VersionKind::Object,
+                ..
+            } if drain => {
+                report.visible += 1;
+                return;
+            }
             Decision::Chosen { key, kind, .. } => Some((*key, *kind)),
             Decision::Absent => None,
             Decision::Undecided { .. } => {
@@ -201,8 +226,25 @@ impl ErasureSet {
             let Some(Ok(l)) = slot else { continue };
             let disk = &*self.disks[pos];
             let mut gone = 0usize;
+            let mut shards_left = l.shards.len();
             for &(k, kind) in &l.versions {
                 match chosen {
+                    // Draining a bucket for deletion: what is buried by a
+                    // tombstone goes at once (no GET can begin on it; one
+                    // under way is cut, as by the bucket's deletion).
+                    Some((key, _)) if drain && k <= key => {
+                        let p = meta::version_path(dir, k, kind);
+                        if l.shards.contains(&k.id)
+                            && delete_file(disk, bucket, &meta::shard_path(dir, k.id), d).await
+                        {
+                            shards_left -= 1;
+                        }
+                        if delete_file(disk, bucket, &p, d).await {
+                            report.tombstones += usize::from(k == key);
+                            report.superseded += usize::from(k < key);
+                            gone += 1;
+                        }
+                    }
                     Some((key, _)) if k < key => {
                         if supersede_one(disk, &self.cfg, bucket, dir, k, kind, &l.shards)
                             .await
@@ -210,6 +252,9 @@ impl ErasureSet {
                         {
                             report.superseded += 1;
                             gone += 1;
+                            if kind == VersionKind::Object && l.shards.contains(&k.id) {
+                                shards_left -= 1;
+                            }
                         }
                     }
                     Some((key, VersionKind::Tombstone)) if k == key => {
@@ -228,7 +273,9 @@ impl ErasureSet {
                         if all_heard && older_than(k.ts, window) {
                             let p = meta::version_path(dir, k, kind);
                             let s = meta::shard_path(dir, k.id);
-                            let _ = delete_file(disk, bucket, &s, d).await;
+                            if l.shards.contains(&k.id) && delete_file(disk, bucket, &s, d).await {
+                                shards_left -= 1;
+                            }
                             if delete_file(disk, bucket, &p, d).await {
                                 report.failed_versions += 1;
                                 gone += 1;
@@ -237,7 +284,6 @@ impl ErasureSet {
                     }
                 }
             }
-            let mut shards_left = l.shards.len();
             if all_heard {
                 for &id in &l.shards {
                     if named.contains(&id) {

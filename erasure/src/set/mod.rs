@@ -137,6 +137,8 @@ pub struct ScanReport {
     pub failed: usize,
     /// Objects with a disk that could not be checked (unavailable).
     pub skipped: usize,
+    /// Objects known unhealable (reported, not failures to retry for).
+    pub unhealable: usize,
     /// Whether the pass stopped early (entry bound or deadline).
     pub truncated: bool,
 }
@@ -568,15 +570,26 @@ impl ErasureSet {
             .collect())
     }
 
-    /// Delete an empty bucket (its volume on every disk) with write
-    /// quorum. A disk without it counts as done; a bucket with anything in
-    /// it is refused by the disks (`VolumeNotEmpty`).
+    /// Delete a bucket with no current object (its volume on every disk)
+    /// with write quorum. First the files of deleted objects go (tombstones
+    /// and what they bury: a bucket is deletable as soon as its objects
+    /// are); a current object is `BucketNotEmpty`. Then each disk deletes
+    /// its volume only if empty, so a PUT racing the deletion either left a
+    /// file first (that disk refuses) or finds the volume gone (its write
+    /// fails there): write quorum on both sides means at most one of them
+    /// succeeds.
     pub async fn delete_bucket(
         &self,
         bucket: &str,
         deadline: Deadline,
     ) -> Result<(), ErasureError> {
         self.check_bucket(bucket)?;
+        let drained = self
+            .collect_bucket(bucket, collect::Mode::Drain, deadline)
+            .await;
+        if drained.visible > 0 {
+            return Err(ErasureError::BucketNotEmpty);
+        }
         let b = bucket.to_string();
         let wq = self.write_quorum();
         let mut results = self
@@ -711,7 +724,13 @@ impl ErasureSet {
     /// than `key` (chosen) goes. Its shard file is moved to the
     /// graveyard first (a GET that began on it still finds it there for
     /// `superseded_grace`), then its version file is deleted.
-    pub(crate) fn spawn_supersede(&self, pos: usize, bucket: &str, name: &str, key: meta::VersionKey) {
+    pub(crate) fn spawn_supersede(
+        &self,
+        pos: usize,
+        bucket: &str,
+        name: &str,
+        key: meta::VersionKey,
+    ) {
         let disk = self.disks[pos].clone();
         let cfg = self.cfg.clone();
         let (b, dir) = (bucket.to_string(), name.to_string());
@@ -750,7 +769,15 @@ impl ErasureSet {
         let none = vec![None; self.n()];
         let kind = meta::VersionKind::Tombstone;
         match self
-            .commit_version(bucket, name, key, kind, Arc::new(Vec::new()), &none, deadline)
+            .commit_version(
+                bucket,
+                name,
+                key,
+                kind,
+                Arc::new(Vec::new()),
+                &none,
+                deadline,
+            )
             .await
         {
             Ok(_) => Ok(()),

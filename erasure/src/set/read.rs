@@ -40,12 +40,16 @@ impl ErasureSet {
         let current = self.current(&r, deadline);
         let Some(v) = expect else {
             let (key, holders) = current?;
-            let m = self.read_version(bucket, name, key, &holders, deadline).await?;
+            let m = self
+                .read_version(bucket, name, key, &holders, deadline)
+                .await?;
             return Ok((m, r.states()));
         };
         if let Ok((key, holders)) = &current {
             if key.id == v {
-                let m = self.read_version(bucket, name, *key, holders, deadline).await?;
+                let m = self
+                    .read_version(bucket, name, *key, holders, deadline)
+                    .await?;
                 return Ok((m, r.states()));
             }
         }
@@ -57,7 +61,9 @@ impl ErasureSet {
             let found = current.map(|(k, _)| k.id).unwrap_or(Uuid::nil());
             return Err(ErasureError::VersionChanged { expected: v, found });
         };
-        let m = self.read_version(bucket, name, key, &holders, deadline).await?;
+        let m = self
+            .read_version(bucket, name, key, &holders, deadline)
+            .await?;
         let states = r
             .listings
             .iter()

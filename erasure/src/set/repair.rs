@@ -36,15 +36,17 @@ impl ErasureSet {
             holders,
         } = &r.decision
         {
-            return Ok(self.heal_tombstone(bucket, name, *key, holders, &r, deadline).await);
+            return Ok(self
+                .heal_tombstone(bucket, name, *key, holders, &r, deadline)
+                .await);
         }
         let (key, holders) = self.current(&r, deadline)?;
         if !deep && self.known_unhealable(bucket, name, key.id) {
-            return Err(ErasureError::Unhealable {
-                version: key.id,
-            });
+            return Err(ErasureError::Unhealable { version: key.id });
         }
-        let m = self.read_version(bucket, name, key, &holders, deadline).await?;
+        let m = self
+            .read_version(bucket, name, key, &holders, deadline)
+            .await?;
         let states = r.states();
         let expected_size = m.geometry().shard_file_size();
         let n = self.n();
@@ -111,6 +113,7 @@ impl ErasureSet {
         }
         if report.good.len() < m.data {
             if report.good.len() + report.skipped.len() < m.data {
+                self.refresh_gauges();
                 self.mark_unhealable(
                     bucket,
                     name,
@@ -123,6 +126,7 @@ impl ErasureSet {
                         since: SystemTime::now(),
                     }),
                 );
+                return Err(ErasureError::Unhealable { version: m.version });
             }
             let mut t = Tally::new(QuorumOp::ReadData, m.data, n);
             for pos in 0..n {
@@ -199,7 +203,10 @@ impl ErasureSet {
             } else {
                 report.good.push(pos);
             }
-            if r.all_versions().iter().any(|(k, _, h)| *k < key && h.contains(&pos)) {
+            if r.all_versions()
+                .iter()
+                .any(|(k, _, h)| *k < key && h.contains(&pos))
+            {
                 self.spawn_supersede(pos, bucket, name, key);
             }
         }
@@ -484,6 +491,9 @@ impl ErasureSet {
                     }
                 }
                 Err(ErasureError::ObjectNotFound) => {}
+                // Reported by the registry (admin status, metric), logged
+                // once there; not a failure to retry the scan for.
+                Err(ErasureError::Unhealable { .. }) => report.unhealable += 1,
                 Err(e) => {
                     tracing::warn!(set = self.index(), bucket, %object, error = %e, "scan: heal failed");
                     report.failed += 1

@@ -173,7 +173,10 @@ impl Resolution {
                 m.entry(k).or_insert((kind, Vec::new())).1.push(pos);
             }
         }
-        m.into_iter().rev().map(|(k, (kind, h))| (k, kind, h)).collect()
+        m.into_iter()
+            .rev()
+            .map(|(k, (kind, h))| (k, kind, h))
+            .collect()
     }
 }
 
@@ -223,7 +226,9 @@ impl ErasureSet {
         meta::check_name(name)?;
         let r = self.resolve(bucket, name, deadline, wait_all).await;
         let (key, holders) = self.current(&r, deadline)?;
-        let m = self.read_version(bucket, name, key, &holders, deadline).await?;
+        let m = self
+            .read_version(bucket, name, key, &holders, deadline)
+            .await?;
         Ok((m, r.states()))
     }
 
@@ -263,9 +268,11 @@ impl ErasureSet {
                 match self.decide(&t, deadline)? {
                     // Cannot happen (fewer holders than the threshold), but
                     // an undecided read is never an answer.
-                    Outcome::Met { .. } | Outcome::Agreed(_) => Err(ErasureError::DeadlineExceeded {
-                        op: QuorumOp::ReadMeta.as_str(),
-                    }),
+                    Outcome::Met { .. } | Outcome::Agreed(_) => {
+                        Err(ErasureError::DeadlineExceeded {
+                            op: QuorumOp::ReadMeta.as_str(),
+                        })
+                    }
                 }
             }
         }
@@ -407,7 +414,10 @@ mod tests {
         ls.extend((0..3).map(|_| disk(&[1])));
         assert!(matches!(
             decide(&ls, 4),
-            Decision::Chosen { kind: VersionKind::Tombstone, .. }
+            Decision::Chosen {
+                kind: VersionKind::Tombstone,
+                ..
+            }
         ));
     }
 
