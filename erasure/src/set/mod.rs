@@ -630,6 +630,7 @@ impl ErasureSet {
     /// background. On failure, whether the version can never be chosen
     /// (`definite`: fewer disks than the threshold could hold it, even if
     /// every write whose outcome is unknown landed).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn commit_version(
         &self,
         bucket: &str,
