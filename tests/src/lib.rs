@@ -65,6 +65,7 @@ mod cmd;
 pub mod dashboard;
 mod error;
 pub mod faultfs;
+pub mod history;
 pub mod ledger;
 pub mod loopdev;
 pub mod mounts;

@@ -457,12 +457,6 @@ impl Inner {
         // operation once first). The object path relies on this: no write
         // of a commit lands after its writer's deadline (ARCHITECTURE.md,
         // "Per-key commit").
-        if deadline.is_expired() {
-            return Err(DiskError::DeadlineExceeded {
-                op: class,
-                waited: Duration::ZERO,
-            });
-        }
         if let Err(e) = self.health.admit() {
             crate::metrics::fail_fast(&self.label, class);
             return Err(e);
@@ -476,14 +470,21 @@ impl Inner {
                 (r, _) => r,
             }
         };
-        let res =
+        let res = if deadline.is_expired() {
+            // Counted as a deadline miss like any other, below.
+            Err(DiskError::DeadlineExceeded {
+                op: class,
+                waited: Duration::ZERO,
+            })
+        } else {
             match tokio::time::timeout_at(tokio_instant(deadline), body.instrument(span)).await {
                 Ok(r) => r,
                 Err(_) => Err(DiskError::DeadlineExceeded {
                     op: class,
                     waited: started.elapsed(),
                 }),
-            };
+            }
+        };
         // Report against the public operation, not its inner step.
         let res = res.map_err(|e| match e {
             DiskError::DeadlineExceeded { .. } => DiskError::DeadlineExceeded {
