@@ -58,6 +58,16 @@ pub enum VersionKind {
 }
 
 impl VersionKey {
+    /// The key of a new version `id` ordered after every version whose
+    /// timestamp is at most `seen`: the clock now, or one past `seen` when
+    /// that is ahead (another node's clock, or a burst within one tick).
+    pub fn after(seen: Option<u64>, id: Uuid) -> VersionKey {
+        VersionKey {
+            ts: now_ns().max(seen.map_or(0, |t| t + 1)),
+            id,
+        }
+    }
+
     /// File name of this version (in the object's directory).
     pub fn file_name(&self, kind: VersionKind) -> String {
         let suffix = match kind {

@@ -477,16 +477,7 @@ async fn collector(
             }
         };
         for set in ready.sets.sets() {
-            let resource = format!("diskio/collect/set-{}", set.index());
-            let Ok(guard) = ready
-                .lock
-                .lock(
-                    &resource,
-                    LockKind::Write,
-                    Deadline::after(opts.scan_lock_wait),
-                )
-                .await
-            else {
+            let Ok(guard) = set_job_lock(ready, "collect", set.index(), &opts).await else {
                 continue;
             };
             let rep = set
@@ -499,13 +490,35 @@ async fn collector(
             let mut c = node.collected.lock().unwrap_or_else(|e| e.into_inner());
             c.add(&rep);
             c.passes += 1;
-            c.last_ms = Some(
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as u64),
-            );
+            c.last_ms = Some(unix_ms());
         }
     }
+}
+
+/// The cluster-wide lock that lets one node at a time run `job` (scan,
+/// collect) on set `set`, waited for at most `scan_lock_wait`.
+async fn set_job_lock(
+    ready: &Ready,
+    job: &str,
+    set: usize,
+    opts: &NodeOptions,
+) -> Result<disk_io_erasure::LockGuard, disk_io_erasure::LockError> {
+    let resource = format!("diskio/{job}/set-{set}");
+    ready
+        .lock
+        .lock(
+            &resource,
+            LockKind::Write,
+            Deadline::after(opts.scan_lock_wait),
+        )
+        .await
+}
+
+/// Milliseconds since the Unix epoch now.
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Whether every set was scanned and every object healed.
@@ -523,25 +536,14 @@ async fn scan_all(node: &Node, ready: &Ready, opts: &NodeOptions, deep: bool) ->
     };
     let mut complete = true;
     for set in ready.sets.sets() {
-        let resource = format!("diskio/scan/set-{}", set.index());
-        let guard = match ready
-            .lock
-            .lock(
-                &resource,
-                LockKind::Write,
-                Deadline::after(opts.scan_lock_wait),
-            )
-            .await
-        {
+        let guard = match set_job_lock(ready, "scan", set.index(), opts).await {
             Ok(g) => g,
             Err(e) => {
                 tracing::debug!(set = set.index(), error = %e, "scan lock not taken; another node scans");
                 continue;
             }
         };
-        let started_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let started_ms = unix_ms();
         let mut set_complete = true;
         for (b, _) in &buckets {
             let rep = set

@@ -452,11 +452,6 @@ impl Inner {
     {
         let started = Instant::now();
         let budget = deadline.remaining();
-        // Fencing by deadline: a call whose deadline has already passed is
-        // refused before it touches the disk (`timeout_at` would poll the
-        // operation once first). The object path relies on this: no write
-        // of a commit lands after its writer's deadline (ARCHITECTURE.md,
-        // "Per-key commit").
         if let Err(e) = self.health.admit() {
             crate::metrics::fail_fast(&self.label, class);
             return Err(e);
@@ -471,7 +466,12 @@ impl Inner {
             }
         };
         let res = if deadline.is_expired() {
-            // Counted as a deadline miss like any other, below.
+            // Fencing by deadline: a call whose deadline has already passed
+            // is refused before it touches the disk (`timeout_at` would poll
+            // the operation once first), and counted as a deadline miss
+            // below. The object path relies on this: no write of a commit
+            // lands after its writer's deadline (ARCHITECTURE.md, "Per-key
+            // commit").
             Err(DiskError::DeadlineExceeded {
                 op: class,
                 waited: Duration::ZERO,

@@ -233,23 +233,17 @@ impl ErasureSet {
                     // tombstone goes at once (no GET can begin on it; one
                     // under way is cut, as by the bucket's deletion).
                     Some((key, _)) if drain && k <= key => {
-                        let p = meta::version_path(dir, k, kind);
-                        if l.shards.contains(&k.id)
-                            && delete_file(disk, bucket, &meta::shard_path(dir, k.id), d).await
-                        {
-                            shards_left -= 1;
-                        }
-                        if delete_file(disk, bucket, &p, d).await {
+                        let (shard, file) =
+                            discard_version(disk, bucket, dir, k, kind, &l.shards, d).await;
+                        shards_left -= usize::from(shard);
+                        if file {
                             report.tombstones += usize::from(k == key);
                             report.superseded += usize::from(k < key);
                             gone += 1;
                         }
                     }
                     Some((key, _)) if k < key => {
-                        if supersede_one(disk, &self.cfg, bucket, dir, k, kind, &l.shards)
-                            .await
-                            .is_ok()
-                        {
+                        if supersede_one(disk, &self.cfg, bucket, dir, k, kind, &l.shards).await {
                             report.superseded += 1;
                             gone += 1;
                             if kind == VersionKind::Object && l.shards.contains(&k.id) {
@@ -271,12 +265,10 @@ impl ErasureSet {
                     // failed write once it can no longer land anywhere.
                     _ => {
                         if all_heard && older_than(k.ts, window) {
-                            let p = meta::version_path(dir, k, kind);
-                            let s = meta::shard_path(dir, k.id);
-                            if l.shards.contains(&k.id) && delete_file(disk, bucket, &s, d).await {
-                                shards_left -= 1;
-                            }
-                            if delete_file(disk, bucket, &p, d).await {
+                            let (shard, file) =
+                                discard_version(disk, bucket, dir, k, kind, &l.shards, d).await;
+                            shards_left -= usize::from(shard);
+                            if file {
                                 report.failed_versions += 1;
                                 gone += 1;
                             }
@@ -360,14 +352,20 @@ impl ErasureSet {
     }
 }
 
-async fn delete_file(disk: &dyn Disk, bucket: &str, path: &str, d: Deadline) -> bool {
-    matches!(
-        bounded(
-            OpClass::Delete,
-            d,
-            disk.delete(bucket, path, DeleteOptions::default(), d)
-        )
-        .await,
-        Ok(()) | Err(DiskError::FileNotFound)
-    )
+/// Delete version `k` of object `dir` on one disk outright, its shard file
+/// first (when `shards` lists it): for versions no reader can ever need.
+/// Whether the shard file and the version file are gone.
+async fn discard_version(
+    disk: &dyn Disk,
+    bucket: &str,
+    dir: &str,
+    k: meta::VersionKey,
+    kind: VersionKind,
+    shards: &[Uuid],
+    d: Deadline,
+) -> (bool, bool) {
+    let shard =
+        shards.contains(&k.id) && delete_file(disk, bucket, &meta::shard_path(dir, k.id), d).await;
+    let file = delete_file(disk, bucket, &meta::version_path(dir, k, kind), d).await;
+    (shard, file)
 }

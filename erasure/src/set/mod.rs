@@ -745,7 +745,7 @@ impl ErasureSet {
                 if k >= key {
                     continue;
                 }
-                let _ = supersede_one(&*disk, &cfg, &b, &dir, k, kind, &listing.shards).await;
+                supersede_one(&*disk, &cfg, &b, &dir, k, kind, &listing.shards).await;
             }
         });
     }
@@ -762,11 +762,7 @@ impl ErasureSet {
         meta::check_name(name)?;
         let r = self.resolve(bucket, name, deadline, false).await;
         self.current(&r, deadline)?;
-        let seen = r.all_versions().iter().map(|(k, _, _)| k.ts).max();
-        let key = meta::VersionKey {
-            ts: meta::now_ns().max(seen.map_or(0, |t| t + 1)),
-            id: meta::new_version_id(),
-        };
+        let key = meta::VersionKey::after(r.newest_ts(), meta::new_version_id());
         let none = vec![None; self.n()];
         let kind = meta::VersionKind::Tombstone;
         match self
@@ -784,9 +780,9 @@ impl ErasureSet {
             Ok(_) => Ok(()),
             Err(Uncommitted { error, definite }) => {
                 if definite {
+                    let path = meta::version_path(name, key, kind);
                     for disk in &self.disks {
-                        let path = meta::version_path(name, key, kind);
-                        spawn_discard(disk.clone(), &self.cfg, bucket, name, vec![path]);
+                        spawn_discard(disk.clone(), &self.cfg, bucket, name, vec![path.clone()]);
                     }
                 }
                 Err(error)
@@ -987,6 +983,7 @@ pub(crate) async fn prune_dirs(disk: &dyn Disk, bucket: &str, dir: &str, d: Dead
 
 /// Supersede version `k` of object `dir` on one disk: its shard file (if
 /// `shards` lists it) moves to the graveyard, then its version file goes.
+/// Whether both happened (a file already gone counts).
 pub(crate) async fn supersede_one(
     disk: &dyn Disk,
     cfg: &ErasureConfig,
@@ -995,22 +992,30 @@ pub(crate) async fn supersede_one(
     k: meta::VersionKey,
     kind: meta::VersionKind,
     shards: &[Uuid],
-) -> Result<(), DiskError> {
+) -> bool {
     let d = cfg.timeouts.deadline(OpClass::RenameFile);
-    if kind == meta::VersionKind::Object && shards.contains(&k.id) {
-        bury(disk, cfg, bucket, &meta::shard_path(dir, k.id), k.id, d).await?;
-    }
-    let path = meta::version_path(dir, k, kind);
-    match bounded(
-        OpClass::Delete,
-        d,
-        disk.delete(bucket, &path, DeleteOptions::default(), d),
-    )
-    .await
+    if kind == meta::VersionKind::Object
+        && shards.contains(&k.id)
+        && bury(disk, cfg, bucket, &meta::shard_path(dir, k.id), k.id, d)
+            .await
+            .is_err()
     {
-        Ok(()) | Err(DiskError::FileNotFound) => Ok(()),
-        Err(e) => Err(e),
+        return false;
     }
+    delete_file(disk, bucket, &meta::version_path(dir, k, kind), d).await
+}
+
+/// Delete one file; whether it is gone (a missing one counts).
+pub(crate) async fn delete_file(disk: &dyn Disk, bucket: &str, path: &str, d: Deadline) -> bool {
+    matches!(
+        bounded(
+            OpClass::Delete,
+            d,
+            disk.delete(bucket, path, DeleteOptions::default(), d)
+        )
+        .await,
+        Ok(()) | Err(DiskError::FileNotFound)
+    )
 }
 
 /// Move a shard file into the graveyard of the temporary volume.

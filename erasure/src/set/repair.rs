@@ -180,6 +180,7 @@ impl ErasureSet {
     ) -> HealReport {
         let mut report = HealReport::default();
         let path = meta::version_path(name, key, meta::VersionKind::Tombstone);
+        let versions = r.all_versions();
         for (pos, slot) in r.listings.iter().enumerate() {
             if versions::heard(slot).is_none() {
                 report.skipped.push(pos);
@@ -203,7 +204,7 @@ impl ErasureSet {
             } else {
                 report.good.push(pos);
             }
-            if r.all_versions()
+            if versions
                 .iter()
                 .any(|(k, _, h)| *k < key && h.contains(&pos))
             {

@@ -157,8 +157,17 @@ impl Resolution {
             .collect()
     }
 
+    /// The newest version timestamp any heard disk lists.
+    pub(crate) fn newest_ts(&self) -> Option<u64> {
+        self.listings
+            .iter()
+            .filter_map(heard)
+            .flat_map(|vs| vs.iter().map(|(k, _)| k.ts))
+            .max()
+    }
+
     /// Disks that answered "no such bucket".
-    fn bucket_missing(&self) -> usize {
+    pub(crate) fn bucket_missing(&self) -> usize {
         self.listings
             .iter()
             .filter(|s| matches!(s, Some(Err(DiskError::VolumeNotFound))))
@@ -196,6 +205,22 @@ impl ErasureSet {
         wait_all: bool,
     ) -> Resolution {
         let t = self.threshold();
+        self.list_object_dir(bucket, name, deadline, |rs| {
+            !wait_all && decide(rs, t).is_final()
+        })
+        .await
+    }
+
+    /// `list_dir` of the object's directory on every disk, until `stop`
+    /// holds for the listings in (or every disk answered, or `deadline`),
+    /// and what they decide.
+    pub(crate) async fn list_object_dir(
+        &self,
+        bucket: &str,
+        name: &str,
+        deadline: Deadline,
+        stop: impl Fn(&[ListingSlot]) -> bool,
+    ) -> Resolution {
         let (b, p) = (bucket.to_string(), name.to_string());
         let listings = self
             .gather(
@@ -205,11 +230,11 @@ impl ErasureSet {
                     let (b, p) = (b.clone(), p.clone());
                     Box::pin(async move { disk.list_dir(&b, &p, d).await.map(DirListing::parse) })
                 },
-                |rs| !wait_all && decide(rs, t).is_final(),
+                stop,
                 false,
             )
             .await;
-        let decision = decide(&listings, t);
+        let decision = decide(&listings, self.threshold());
         Resolution { listings, decision }
     }
 

@@ -161,10 +161,7 @@ impl ErasureSet {
             Ok::<_, ErasureError>((geo, hashers, size, user))
         };
         let (seen, (geo, hashers, size, user)) = tokio::try_join!(clock, data)?;
-        let key = VersionKey {
-            ts: meta::now_ns().max(seen.map_or(0, |t| t + 1)),
-            id: version,
-        };
+        let key = VersionKey::after(seen, version);
 
         let meta = ObjectMeta {
             format: META_FORMAT,
@@ -228,47 +225,25 @@ impl ErasureSet {
         deadline: Deadline,
     ) -> Result<Option<u64>, ErasureError> {
         let t = self.threshold();
-        let (b, p) = (bucket.to_string(), name.to_string());
-        let listings: Vec<versions::ListingSlot> = self
-            .gather(
-                deadline,
-                OpClass::ListDir,
-                move |_, disk, d| {
-                    let (b, p) = (b.clone(), p.clone());
-                    Box::pin(async move {
-                        disk.list_dir(&b, &p, d)
-                            .await
-                            .map(versions::DirListing::parse)
-                    })
-                },
-                |rs| rs.iter().filter(|s| versions::heard(s).is_some()).count() >= t,
-                false,
-            )
+        let r = self
+            .list_object_dir(bucket, name, deadline, |rs| {
+                rs.iter().filter(|s| versions::heard(s).is_some()).count() >= t
+            })
             .await;
-        let missing_bucket = listings
-            .iter()
-            .filter(|s| matches!(s, Some(Err(DiskError::VolumeNotFound))))
-            .count();
-        if missing_bucket >= t {
+        if r.bucket_missing() >= t {
             return Err(ErasureError::BucketNotFound);
         }
         let mut tally = Tally::new(QuorumOp::List, t, self.n());
-        let mut newest = None;
-        for (pos, slot) in listings.iter().enumerate() {
+        for (pos, slot) in r.listings.iter().enumerate() {
             let admits = self.admits(pos);
-            match versions::heard(slot) {
-                Some(vs) => {
-                    tally.ok(admits);
-                    newest = newest.max(vs.iter().map(|(k, _)| k.ts).max());
-                }
-                None => match slot {
-                    Some(Err(e)) => tally.err(e.clone(), admits),
-                    _ => tally.missing(admits),
-                },
+            match (versions::heard(slot), slot) {
+                (Some(_), _) => tally.ok(admits),
+                (None, Some(Err(e))) => tally.err(e.clone(), admits),
+                (None, _) => tally.missing(admits),
             }
         }
         match self.decide(&tally, deadline)? {
-            Outcome::Met { .. } => Ok(newest),
+            Outcome::Met { .. } => Ok(r.newest_ts()),
             Outcome::Agreed(e) => Err(agreed(e)),
         }
     }
