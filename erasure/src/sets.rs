@@ -154,36 +154,37 @@ impl ErasureSets {
         Ok(common.unwrap_or_default().into_iter().collect())
     }
 
-    /// Delete an empty bucket from every set. Every set is asked first
-    /// whether it still lists anything in the bucket, so a bucket with
-    /// objects on one set is not deleted from the others.
+    /// Delete a bucket with no current object from every set. Every set
+    /// drains it first (deleted objects' files go; a current object is
+    /// `BucketNotEmpty`), so a bucket with objects on one set is not
+    /// deleted from the others.
     pub async fn delete_bucket(
         &self,
         bucket: &str,
         deadline: Deadline,
     ) -> Result<(), ErasureError> {
-        let lists = self.sets.iter().map(|s| s.list(bucket, "", deadline));
+        // Every set first: a current object anywhere refuses the deletion
+        // before any set has deleted its volume. (Listing names is not
+        // enough since deletes are tombstones: a deleted object's
+        // directory stays until the drain removes it.)
+        let drains = self.sets.iter().map(|s| s.drain_bucket(bucket, deadline));
+        for r in futures_util::future::join_all(drains).await {
+            r?;
+        }
+        let deletes = self.sets.iter().map(|s| s.delete_volumes(bucket, deadline));
         let mut missing = 0;
-        for r in futures_util::future::join_all(lists).await {
-            match r {
-                Ok(entries) if !entries.is_empty() => return Err(ErasureError::BucketNotEmpty),
-                Ok(_) => {}
-                Err(ErasureError::BucketNotFound) => missing += 1,
-                Err(e) => return Err(e),
-            }
-        }
-        if missing == self.sets.len() {
-            return Err(ErasureError::BucketNotFound);
-        }
-        let deletes = self.sets.iter().map(|s| s.delete_bucket(bucket, deadline));
         for r in futures_util::future::join_all(deletes).await {
             match r {
-                Ok(()) | Err(ErasureError::BucketNotFound) => {}
+                Ok(()) => {}
+                Err(ErasureError::BucketNotFound) => missing += 1,
                 Err(ErasureError::Disk(DiskError::VolumeNotEmpty)) => {
                     return Err(ErasureError::BucketNotEmpty)
                 }
                 Err(e) => return Err(e),
             }
+        }
+        if missing == self.sets.len() {
+            return Err(ErasureError::BucketNotFound);
         }
         Ok(())
     }

@@ -583,6 +583,18 @@ impl ErasureSet {
         bucket: &str,
         deadline: Deadline,
     ) -> Result<(), ErasureError> {
+        self.drain_bucket(bucket, deadline).await?;
+        self.delete_volumes(bucket, deadline).await
+    }
+
+    /// The first half of [`delete_bucket`](Self::delete_bucket): the files
+    /// of deleted objects go; `BucketNotEmpty` when an object is current.
+    /// (`ErasureSets` drains every set before any set deletes its volume.)
+    pub(crate) async fn drain_bucket(
+        &self,
+        bucket: &str,
+        deadline: Deadline,
+    ) -> Result<(), ErasureError> {
         self.check_bucket(bucket)?;
         let drained = self
             .collect_bucket(bucket, collect::Mode::Drain, deadline)
@@ -590,6 +602,17 @@ impl ErasureSet {
         if drained.visible > 0 {
             return Err(ErasureError::BucketNotEmpty);
         }
+        Ok(())
+    }
+
+    /// The second half of [`delete_bucket`](Self::delete_bucket): each
+    /// disk deletes the volume if it is empty, with write quorum.
+    pub(crate) async fn delete_volumes(
+        &self,
+        bucket: &str,
+        deadline: Deadline,
+    ) -> Result<(), ErasureError> {
+        self.check_bucket(bucket)?;
         let b = bucket.to_string();
         let wq = self.write_quorum();
         let mut results = self
